@@ -1,0 +1,5 @@
+import sys
+
+from pcert.cli import main
+
+sys.exit(main())
