@@ -143,7 +143,7 @@ def _resolve(value: str | None, field: str, source: str, base_dir: Path, files: 
     path = Path(value) if Path(value).is_absolute() else base_dir / value
     if not path.is_file():
         raise DataError(f"data file not found: {path} (data.{field})")
-    files[value] = hashlib.sha256(path.read_bytes()).hexdigest()
+    files[field] = hashlib.sha256(path.read_bytes()).hexdigest()
     return path
 
 

@@ -16,8 +16,10 @@ import numpy as np
 
 from pcert import __version__
 from pcert.compiler.plan import Plan, file_sha256, plan_hash
-from pcert.errors import Diagnostic, SpecError, UserError
-from pcert.spec.model import BoundedThreat, GeneralThreat, Spec, UnboundedThreat
+from pcert.errors import SpecError, UserError
+from pcert.spec import resolve_path
+from pcert.spec.diagnostics import Reporter
+from pcert.spec.model import BoundedThreat, Spec, UnboundedThreat
 
 # Fields that name files: replaced by their content hash in the plan's normal form.
 FILE_FIELDS = ("model", "data.path", "data.test_path", "data.images", "data.labels",
@@ -36,10 +38,9 @@ class Resolved:
 
 def spec_error(spec: Spec, field: str, message: str, hint: str | None = None) -> SpecError:
     """A positioned error at the place where `field` was written."""
-    line, col = spec.locate(field)
-    lines = spec.source_text.splitlines()
-    source_line = lines[line - 1] if 0 < line <= len(lines) else None
-    return SpecError(diagnostics=[Diagnostic(spec.source_path, line, col, message, hint, source_line)])
+    reporter = Reporter(spec.source_path, spec.source_text)
+    reporter.error(spec.locate(field), message, hint)
+    return SpecError(diagnostics=reporter.diagnostics)
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -57,13 +58,8 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def _spec_dir(spec: Spec) -> Path:
-    return Path(spec.source_path).resolve().parent
-
-
 def _resolve(spec: Spec, rel: str) -> Path:
-    path = Path(rel)
-    return path if path.is_absolute() else (_spec_dir(spec) / path).resolve()
+    return resolve_path(spec, rel).resolve()
 
 
 def _at(spec: Spec, field: str, action: Callable[[], Any]) -> Any:
@@ -86,8 +82,8 @@ def normal_spec(spec: Spec) -> tuple[dict[str, Any], dict[str, str]]:
         if rel is None:
             continue
         path = _resolve(spec, rel)
-        if not path.is_file():
-            raise spec_error(spec, field, f"file not found: {rel}", f"looked for {path}")
+        if not path.is_file():  # also when the spec was parsed with check_files=False
+            raise spec_error(spec, field, f"file '{rel}' not found", f"looked for {path}")
         paths[field] = str(path)
         _set(tree, field, "sha256:" + file_sha256(path))
     return tree, paths
@@ -204,12 +200,6 @@ def lower(spec: Spec, *, parity: bool = True) -> Resolved:
     from pcert.compiler.data import load_data
     from pcert.compiler.onnx_import import check_parity, import_onnx
 
-    if spec.ensemble is None and isinstance(spec.threat, GeneralThreat):
-        raise spec_error(spec, "threat", "threat general needs an ensemble",
-                         "use threat bounded/unbounded for a single model, or add `ensemble dpa { members: M }`")
-    if spec.ensemble is not None and not isinstance(spec.threat, GeneralThreat):
-        raise spec_error(spec, "threat", f"an ensemble is certified against threat general {{ K }}, not {spec.threat.kind}",
-                         "write `threat general { K: [1, 5, 10] }`")
     normal, paths = normal_spec(spec)
     names, points = sweep_points(spec)
     meaning: dict[str, Any] = {"spec": normal, "sweep": {"names": names, "points": points}}
@@ -220,7 +210,7 @@ def lower(spec: Spec, *, parity: bool = True) -> Resolved:
         if parity:
             _at(spec, "model", lambda: check_parity(model, model_path))
         task = "regression" if spec.train.loss == "mse" else "classification"
-        data = _at(spec, "data", lambda: load_data(spec.data, _spec_dir(spec), task))
+        data = _at(spec, "data", lambda: load_data(spec.data, _resolve(spec, '.'), task))
         data = _fit_data_to_model(spec, model.graph, data)
         _check_sizes(spec, data)
         meaning["model"] = {"sha256": model.sha256, "opset": model.opset, "graph": model.graph.summary()}

@@ -152,9 +152,11 @@ class Spec(Strict):
     """A validated pcert specification."""
 
     version: int = 1
-    model: str                          # ONNX path, relative to the spec file
-    data: DataSpec
-    train: TrainSpec
+    # model, data and train are required except for `ensemble scores` (votes computed elsewhere);
+    # pcert.spec checks this, so every other spec that reaches the compiler has all three.
+    model: str | None = None            # ONNX path, relative to the spec file
+    data: DataSpec | None = None
+    train: TrainSpec | None = None
     threat: Threat = Field(discriminator="kind")
     objective: Objective = Field(default_factory=TargetedObjective, discriminator="kind")
     bounds: Literal["ibp", "crown", "crown+ibp"] = "ibp"

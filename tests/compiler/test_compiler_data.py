@@ -53,7 +53,7 @@ def test_csv_pool_split_is_seeded_disjoint_and_complete(tmp_path):
     assert len(set(ids_train) | set(ids_test)) == 40 and not set(ids_train) & set(ids_test)
     np.testing.assert_array_equal(d.y_train, ids_train % 3)  # labels travel with their rows
     assert list(ids_test) == sorted(ids_test)  # test rows keep file order
-    assert d.descriptor["files"] == {"d.csv": hashlib.sha256((tmp_path / "d.csv").read_bytes()).hexdigest()}
+    assert d.descriptor["files"] == {"path": hashlib.sha256((tmp_path / "d.csv").read_bytes()).hexdigest()}
     assert d.descriptor["params"]["label"] == "label"
     again = load(tmp_path, source="csv", path="d.csv", train=30, test=10, standardize=False, seed=1)
     assert again.sha256 == d.sha256 and np.array_equal(again.x_train, d.x_train)
@@ -108,7 +108,7 @@ def test_idx_images_and_labels(tmp_path, compress):
     d = load(tmp_path, source="idx", images="img", labels="lab", test_images="timg", test_labels="tlab", standardize=False)
     assert d.x_train.shape == (30, 1, 4, 5) and d.x_test.shape == (7, 1, 4, 5) and d.num_classes == 10
     np.testing.assert_allclose(d.x_test[:, 0], images[:7] / 255.0, rtol=1e-6)
-    assert set(d.descriptor["files"]) == {"img", "lab", "timg", "tlab"}
+    assert set(d.descriptor["files"]) == {"images", "labels", "test_images", "test_labels"}
     pooled = load(tmp_path, source="idx", images="img", labels="lab", train=20, test=5)
     assert pooled.x_train.shape == (20, 1, 4, 5)
 
