@@ -63,7 +63,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return outcome.exit_code
     if args.command == "check":
         result = api.check(args.run_dir)
-        print(result.text)
+        print(result.render())
         return 0 if result.ok else 1
     if args.command == "report":
         print(api.report(args.run_dir))

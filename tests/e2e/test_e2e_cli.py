@@ -47,19 +47,19 @@ def test_exit_code_through_a_real_process(tmp_path: Path) -> None:
     spec.write_text(spec.read_text().replace("bounds ibp", "bounds ibpp"))
     proc = subprocess.run([sys.executable, "-m", "pcert", "compile", str(spec)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert ":10:8: error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert ":9:8: error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_interrupted_run_leaves_no_report_and_keeps_earlier_ones(passing_spec: Path, monkeypatch) -> None:
     assert main(["run", str(passing_spec), "--quiet"]) == 0
     (earlier,) = run_dirs(passing_spec)
     before = (earlier / "report.json").read_bytes()
-    import pcert.runtime.report.html as html
+    import pcert.runtime.report.writer as writer
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(html, "render_html", interrupt)
+    monkeypatch.setattr(writer, "render_html", interrupt)
     assert main(["run", str(passing_spec), "--quiet"]) == 130
     assert run_dirs(passing_spec) == [earlier]
     assert (earlier / "report.json").read_bytes() == before
@@ -96,30 +96,44 @@ def test_stale_plan_is_refused(passing_spec: Path, capsys) -> None:
     assert "stale" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("tamper", ["bound", "flag", "aggregate", "sidecar"])
-def test_check_passes_fresh_run_and_fails_each_tampering(passing_spec: Path, tmp_path: Path, tamper: str, capsys) -> None:
-    import numpy as np
+def _repin(run_dir: Path, arrays: dict) -> None:
+    """Rewrite the sidecar and re-pin its hashes honestly: only recomputation can notice."""
+    from pcert.runtime.report.sidecar import array_sha256, write_npz
+    from pcert.runtime.report.writer import file_sha256
 
-    assert main(["run", str(passing_spec), "--quiet"]) == 0
-    (run_dir,) = run_dirs(passing_spec)
+    write_npz(run_dir / "bounds.npz", arrays)
+    report = json.loads((run_dir / "report.json").read_text())
+    for name, array in arrays.items():
+        report["sidecar"]["arrays"][name] = {"shape": list(array.shape), "dtype": array.dtype.str,
+                                             "sha256": array_sha256(array)}
+    report["sidecar"]["sha256"] = file_sha256(run_dir / "bounds.npz")
+    (run_dir / "report.json").write_text(json.dumps(report))
+
+
+@pytest.mark.parametrize("tamper", ["bound", "flag", "aggregate", "swapped_sidecar"])
+def test_check_passes_fresh_run_and_fails_each_tampering(tmp_path: Path, tamper: str, capsys) -> None:
+    from pcert.runtime.report.sidecar import read_npz
+
+    spec = write_spec(tmp_path, "gate nominal_accuracy >= 0.5")
+    (tmp_path / "other").mkdir()
+    other = write_spec(tmp_path / "other", "", noise=0.2)
+    assert main(["run", str(spec), "--quiet"]) == 0 and main(["run", str(other), "--quiet"]) == 0
+    (run_dir,) = run_dirs(spec)
     assert main(["check", str(run_dir)]) == 0
-    report_path = run_dir / "report.json"
-    report = json.loads(report_path.read_text())
+    arrays = read_npz(run_dir / "bounds.npz")
     if tamper == "aggregate":
-        entry = report["summary"]["certified_accuracy"][0]
-        entry["value"] = entry["value"] + 0.125 if entry["value"] < 0.5 else entry["value"] - 0.125
-        report_path.write_text(json.dumps(report))
+        report = json.loads((run_dir / "report.json").read_text())
+        entry = report["summary"]["certified_accuracy"][-1]
+        entry["value"] = min(1.0, entry["value"] + 0.125)
+        (run_dir / "report.json").write_text(json.dumps(report))
+    elif tamper == "bound":
+        arrays["output_upper"] = arrays["output_upper"] - 0.5   # claims tighter bounds than the parameters give
+        _repin(run_dir, arrays)
+    elif tamper == "flag":
+        arrays["certified"] = ~arrays["certified"]
+        _repin(run_dir, arrays)
     else:
-        sidecar = run_dir / report["sidecar"]["file"]
-        arrays = dict(np.load(sidecar))
-        if tamper == "bound":
-            key = next(k for k in arrays if "output_upper" in k)
-            arrays[key] = arrays[key] - 1.0
-        elif tamper == "flag":
-            key = next(k for k in arrays if k.endswith("certified"))
-            arrays[key] = ~arrays[key].astype(bool)
-        else:
-            other = next(k for k in arrays if "output_lower" in k)
-            arrays[other] = arrays[other] * 0.5
-        np.savez(sidecar, **arrays)
+        (other_dir,) = run_dirs(other)
+        (run_dir / "bounds.npz").write_bytes((other_dir / "bounds.npz").read_bytes())
     assert main(["check", str(run_dir)]) == 1
+    assert "FAIL" in capsys.readouterr().out
