@@ -9,24 +9,33 @@ from .encoding import decode_number
 from .gate import evaluate_gates, gate_name
 
 
-def point_label(point: Mapping[str, Any]) -> str:
-    """``eps=0.01, n=10``: budgets sorted by name, as report.json stores them."""
-    return ", ".join(f"{k}={point[k]}" for k in sorted(point)) or "-"
+def point_label(point: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
+    """``eps=0.01, n=10``: budgets sorted by name (only ``keys`` when given)."""
+    return ", ".join(f"{k}={point[k]}" for k in sorted(point) if keys is None or k in keys) or "-"
+
+
+def swept_keys(points: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The budgets that vary across the points (all of them when nothing varies)."""
+    keys = sorted({k for p in points for k in p})
+    varying = [k for k in keys if len({repr(p.get(k)) for p in points}) > 1]
+    return varying or keys
 
 
 def metric_table(summary: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[list[str], list[list[str]]]:
-    """Header (point labels in first-seen order) and one row per metric (sorted), "" where absent."""
-    labels: list[str] = []
+    """One row per sweep point (first-seen order), one column per metric (sorted); "" where absent.
+
+    Budgets that are the same at every point are left out of the row labels.
+    """
+    points: list[Mapping[str, Any]] = []
     for entries in summary.values():
         for entry in entries:
-            label = point_label(entry["point"])
-            if label not in labels:
-                labels.append(label)
-    rows = []
-    for metric in sorted(summary):
-        values = {point_label(e["point"]): f"{decode_number(e['value']):.4g}" for e in summary[metric]}
-        rows.append([metric] + [values.get(label, "") for label in labels])
-    return ["metric"] + labels, rows
+            if entry["point"] not in points:
+                points.append(entry["point"])
+    keys = swept_keys(points)
+    metrics = sorted(summary)
+    values = {(m, point_label(e["point"])): f"{decode_number(e['value']):.4g}" for m in metrics for e in summary[m]}
+    rows = [[point_label(p, keys)] + [values.get((m, point_label(p)), "") for m in metrics] for p in points]
+    return ["budget"] + metrics, rows
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

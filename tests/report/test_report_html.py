@@ -36,7 +36,7 @@ def test_figures_present_and_self_contained(tmp_path, make, expected, absent):
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000 for png in images.values())
     _self_contained(html)
     for metric in record.summary:
-        assert f"<td>{metric}</td>" in html
+        assert f"<th>{metric}</th>" in html
     assert "gate &#x27;" in html and record.plan_hash in html
 
 
