@@ -1,0 +1,279 @@
+"""Sound interval arithmetic on torch tensors (AGT App. C), in any float dtype.
+
+Every primitive returns bounds that contain (i) the exact real result for every input in the
+boxes and (ii) any IEEE evaluation of the same operation on inputs from the boxes, in any
+summation order (so a plain float32 training run on points inside the boxes stays inside).
+Matrix products use Rump's midpoint-radius form plus an a-priori rounding term
+``2 * gamma_{k+2} * (|x_mid| + x_rad)(|W_mid| + W_rad)`` (Higham's gamma_k = k u / (1 - k u):
+one gamma for our evaluation of the midpoint product, one for any other evaluation); element-wise
+results are widened outward by one ulp (rounding is monotone, so one ulp covers both).
+NaN never survives: a NaN lower bound becomes -inf and a NaN upper bound +inf.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Bounds = tuple[Tensor, Tensor]
+
+
+_COVER = {"u": 0.0, "tiny": 0.0}
+
+
+@contextmanager
+def covering(dtype: torch.dtype):
+    """Inside this block bounds also contain every evaluation in the (coarser) ``dtype``.
+
+    Used when bounds run in float64 but the training runs they must contain run in float32:
+    every a-priori rounding term then uses float32's unit roundoff, and one-ulp outward rounding
+    widens by float32's relative rounding error as well.
+    """
+    old = dict(_COVER)
+    _COVER["u"] = max(old["u"], torch.finfo(dtype).eps / 2)
+    _COVER["tiny"] = max(old["tiny"], torch.finfo(dtype).tiny)
+    try:
+        yield
+    finally:
+        _COVER.update(old)
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    return max(torch.finfo(dtype).eps / 2, _COVER["u"])
+
+
+def gamma(k: int, dtype: torch.dtype) -> float:
+    """Higham's gamma_k: relative error bound of a length-k dot product or sum."""
+    ku = k * unit_roundoff(dtype)
+    return math.inf if ku >= 0.5 else ku / (1.0 - ku)
+
+
+def sanitize(lo: Tensor, hi: Tensor) -> Bounds:
+    """Replace NaN by the infinite side, so NaN can never make a bound look tight."""
+    inf = math.inf
+    return (torch.nan_to_num(lo, nan=-inf, posinf=inf, neginf=-inf),
+            torch.nan_to_num(hi, nan=inf, posinf=inf, neginf=-inf))
+
+
+def outward(lo: Tensor, hi: Tensor) -> Bounds:
+    """Widen by one ulp each way (covers one rounding of each end point); NaN -> infinite side."""
+    if _COVER["u"] > torch.finfo(lo.dtype).eps / 2:
+        r, t = 2 * _COVER["u"], _COVER["tiny"]
+        lo, hi = lo - (lo.abs() * r + t), hi + (hi.abs() * r + t)
+    lo = torch.nextafter(lo, lo.new_tensor(-math.inf))
+    hi = torch.nextafter(hi, hi.new_tensor(math.inf))
+    return sanitize(lo, hi)
+
+
+def widen(lo: Tensor, hi: Tensor, rel: float, absolute: float = 0.0) -> Bounds:
+    """Widen by ``rel * |end| + absolute`` (plus one ulp): for library functions with a few ulp error."""
+    tiny = torch.finfo(lo.dtype).tiny
+    return outward(lo - (lo.abs() * rel + (absolute + tiny)), hi + (hi.abs() * rel + (absolute + tiny)))
+
+
+def mid_rad(lo: Tensor, hi: Tensor) -> Bounds:
+    """Midpoint and a radius rounded up so that [mid - rad, mid + rad] contains [lo, hi]."""
+    mid = lo * 0.5 + hi * 0.5
+    rad = torch.maximum(hi - mid, mid - lo)
+    rad = torch.where(hi == lo, torch.zeros_like(rad), torch.nextafter(rad, rad.new_tensor(math.inf)))
+    return mid, rad
+
+
+def _abs_terms(wm: Tensor, wr: Tensor | None, g: float) -> tuple[Tensor, Tensor]:
+    """Weights A (against |x_mid|) and B (against x_rad) of the radius product, error term folded in."""
+    wa = wm.abs()
+    if wr is None:
+        return wa * g, wa * (1.0 + g)
+    s = wa + wr
+    return wr + s * g, s * (1.0 + g)
+
+
+def _finish(mid: Tensor, rad: Tensor, k: int) -> Bounds:
+    """Inflate the computed radius for its own rounding (a length-2k nonnegative sum), then round out."""
+    dtype = mid.dtype
+    rad = rad * (1.0 + 2.0 * gamma(2 * k + 4, dtype)) + (k + 4) * torch.finfo(dtype).tiny
+    return outward(mid - rad, mid + rad)
+
+
+def _split(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Midpoint/radius; a point interval (``lo is hi``) gets no radius tensor, saving a product."""
+    if lo is hi:
+        return lo, None
+    return mid_rad(lo, hi)
+
+
+def _bias_terms(b_lo: Tensor | None, b_hi: Tensor | None, g: float) -> tuple[Tensor | None, Tensor | None]:
+    if b_lo is None:
+        return None, None
+    bm, br = _split(b_lo, b_hi)
+    bras = bm.abs() * g if br is None else br + (bm.abs() + br) * g
+    return bm, bras
+
+
+def matmul_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -> Bounds:
+    """Bounds of y = x @ W^T over the boxes; x [..., in], W [..., out, in], leading axes broadcast."""
+    return linear_bounds(x_lo, x_hi, w_lo, w_hi, None, None)
+
+
+def _sign_split_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -> Bounds:
+    """Bounds of x @ W^T from sign splits, as one matmul (no rounding terms: see linear_bounds).
+
+    Writing x = x+ + x- and W = W+ + W- (Minkowski sums of non-negative and non-positive parts)
+    makes every term's bound linear in the end points:
+    lo = x+_lo W+_lo + x+_hi W-_lo + x-_lo W+_hi + x-_hi W-_hi, hi symmetric. Each term is exact
+    when x_j or W_j is sign-definite (e.g. after a relu); the caller intersects with Rump's form.
+    """
+    x4 = torch.cat((x_lo.clamp(min=0), x_hi.clamp(min=0), x_lo.clamp(max=0), x_hi.clamp(max=0)), -1)
+    c, d, e, f = w_lo.clamp(min=0), w_hi.clamp(min=0), w_lo.clamp(max=0), w_hi.clamp(max=0)
+    w8 = torch.cat((torch.cat((c, e, d, f), -1), torch.cat((f, d, e, c), -1)), -2)
+    y = torch.matmul(x4, w8.transpose(-1, -2))
+    out = w_lo.shape[-2]
+    return y[..., :out], y[..., out:]
+
+
+def linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
+                  b_lo: Tensor | None, b_hi: Tensor | None) -> Bounds:
+    """Bounds of x @ W^T + b (bias [..., out] broadcast over the sample axis).
+
+    Rump's midpoint-radius form (exact when either factor is a point); when both factors are
+    intervals it is intersected with the sign-split bounds (exact for sign-definite x or W).
+    """
+    k = x_lo.shape[-1] + 2
+    g = 2.0 * gamma(k, x_lo.dtype)
+    xm, xr = _split(x_lo, x_hi)
+    wm, wr = _split(w_lo, w_hi)
+    a, b = _abs_terms(wm, wr, g)
+    wt = lambda t: t.transpose(-1, -2)  # noqa: E731
+    mid = torch.matmul(xm, wt(wm))
+    rad = torch.matmul(xm.abs(), wt(a))
+    if xr is not None:
+        rad = rad + torch.matmul(xr, wt(b))
+    bm, brad = _bias_terms(b_lo, b_hi, g)
+    if bm is not None:
+        mid = mid + bm.unsqueeze(-2)
+        rad = rad + brad.unsqueeze(-2)
+    lo, hi = _finish(mid, rad, k)
+    if xr is None or wr is None:  # Rump is exact when either factor is a point
+        return lo, hi
+    # both intervals: intersect with the sign-split bounds, whose rounding (4k-term sums, |terms|
+    # <= 2 |x||W| per index) plus any other evaluation's is covered by err
+    s_lo, s_hi = _sign_split_bounds(x_lo, x_hi, w_lo, w_hi)
+    mag = torch.matmul(torch.maximum(x_lo.abs(), x_hi.abs()), wt(torch.maximum(w_lo.abs(), w_hi.abs())))
+    err = mag * ((4 * gamma(4 * k + 2, x_lo.dtype) + g) * (1 + g)) + 4 * k * torch.finfo(x_lo.dtype).tiny
+    if bm is not None:
+        s_lo, s_hi = s_lo + b_lo.unsqueeze(-2), s_hi + b_hi.unsqueeze(-2)
+        err = err + brad.unsqueeze(-2)
+    s_lo, s_hi = outward(s_lo - err, s_hi + err)
+    return torch.maximum(lo, s_lo), torch.minimum(hi, s_hi)
+
+
+def _stack_p(x: Tensor, p: int, data_dims: int) -> Tensor:
+    """[P, N, C, ...] or [N, C, ...] -> [N, P*C, ...] (the budget axis folded into channels)."""
+    if x.dim() == data_dims:
+        x = x.unsqueeze(0)
+    x = x.expand(p, *x.shape[1:])
+    return x.transpose(0, 1).reshape(x.shape[1], p * x.shape[2], *x.shape[3:])
+
+
+def _unstack_p(y: Tensor, p: int) -> Tensor:
+    """[N, P*C, ...] -> [P, N, C, ...]."""
+    return y.reshape(y.shape[0], p, y.shape[1] // p, *y.shape[2:]).transpose(0, 1)
+
+
+def conv2d_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
+                  b_lo: Tensor | None, b_hi: Tensor | None,
+                  stride, padding, dilation, groups: int) -> Bounds:
+    """Bounds of conv2d; x [N, C, H, W] or [P, N, C, H, W], W [P, oc, ic/groups, kh, kw], b [P, oc].
+
+    The budget axis is folded into the channel axis (groups * P), so one conv call serves all
+    sweep points.
+    """
+    p = w_lo.shape[0]
+    k = w_lo.shape[2] * w_lo.shape[3] * w_lo.shape[4] + 2
+    g = 2.0 * gamma(k, x_lo.dtype)
+    xm, xr = _split(x_lo, x_hi)
+    wm, wr = _split(w_lo, w_hi)
+    a, b = _abs_terms(wm, wr, g)
+    flat = lambda w: w.reshape(-1, *w.shape[2:])  # noqa: E731
+    conv = lambda x, w: F.conv2d(_stack_p(x, p, 4), flat(w), None, stride, padding, dilation, groups * p)  # noqa: E731
+    mid = conv(xm, wm)
+    rad = conv(xm.abs(), a)
+    if xr is not None:
+        rad = rad + conv(xr, b)
+    mid, rad = _unstack_p(mid, p), _unstack_p(rad, p)
+    bm, brad = _bias_terms(b_lo, b_hi, g)
+    if bm is not None:
+        mid = mid + bm[:, None, :, None, None]
+        rad = rad + brad[:, None, :, None, None]
+    return _finish(mid, rad, k)
+
+
+def conv2d_input_grad_bounds(g_lo: Tensor, g_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
+                             in_hw: tuple[int, int], stride, padding, dilation, groups: int) -> Bounds:
+    """Bounds of dL/dx = conv_transpose2d(dL/dy, W) for a conv layer; g [P, N, oc, H', W']."""
+    p = w_lo.shape[0]
+    k = w_lo.shape[1] // groups * w_lo.shape[3] * w_lo.shape[4] + 2
+    gm_, gr_ = mid_rad(g_lo, g_hi)
+    wm, wr = _split(w_lo, w_hi)
+    a, b = _abs_terms(wm, wr, 2.0 * gamma(k, g_lo.dtype))
+    kh, kw = w_lo.shape[3], w_lo.shape[4]
+    out_pad = tuple(
+        in_hw[i] - ((g_lo.shape[3 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * ((kh, kw)[i] - 1) + 1)
+        for i in range(2))
+    flat = lambda w: w.reshape(-1, *w.shape[2:])  # noqa: E731
+    tconv = lambda x, w: F.conv_transpose2d(_stack_p(x, p, 4), flat(w), None, stride, padding, out_pad,  # noqa: E731
+                                            groups * p, dilation)
+    mid = _unstack_p(tconv(gm_, wm), p)
+    rad = _unstack_p(tconv(gm_.abs(), a) + tconv(gr_, b), p)
+    return _finish(mid, rad, k)
+
+
+def mul_bounds(a_lo: Tensor, a_hi: Tensor, b_lo: Tensor, b_hi: Tensor) -> Bounds:
+    """Element-wise product of two intervals (min/max of the four corner products)."""
+    c = (a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi)
+    c = [torch.nan_to_num(t, nan=0.0, posinf=math.inf, neginf=-math.inf) for t in c]  # 0 * inf: the 0 is exact
+    lo = torch.minimum(torch.minimum(c[0], c[1]), torch.minimum(c[2], c[3]))
+    hi = torch.maximum(torch.maximum(c[0], c[1]), torch.maximum(c[2], c[3]))
+    return outward(lo, hi)
+
+
+_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+
+
+def activation_bounds(op: str, lo: Tensor, hi: Tensor) -> Bounds:
+    """Bounds of a monotone activation (relu exact; sigmoid/tanh widened for library error)."""
+    if op == "relu":
+        return lo.clamp(min=0.0), hi.clamp(min=0.0)
+    if op not in _RANGES:
+        raise ValueError(f"unsupported activation {op!r}")
+    fn = torch.sigmoid if op == "sigmoid" else torch.tanh
+    u = unit_roundoff(lo.dtype)
+    flo, fhi = widen(fn(lo), fn(hi), 8 * u, 2 * u)
+    r0, r1 = _RANGES[op]
+    return flo.clamp(r0, r1), fhi.clamp(r0, r1)
+
+
+def activation_grad_bounds(op: str, lo: Tensor, hi: Tensor) -> Bounds:
+    """Bounds of f'(z) for z in [lo, hi]; sigmoid'/tanh' are unimodal with their peak at 0.
+
+    The absolute widening covers evaluations through the rounded activation (1 - s loses up to u).
+    """
+    if op == "relu":
+        return (lo > 0).to(lo.dtype), (hi > 0).to(lo.dtype)
+    if op == "sigmoid":
+        d = lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z))  # noqa: E731
+        peak = 0.25
+    elif op == "tanh":
+        d = lambda z: 1 - torch.tanh(z) ** 2  # noqa: E731
+        peak = 1.0
+    else:
+        raise ValueError(f"unsupported activation {op!r}")
+    lo, hi = sanitize(lo, hi)
+    dlo = torch.minimum(d(lo), d(hi))
+    dhi = d(torch.clamp(torch.zeros_like(lo), lo, hi))
+    u = unit_roundoff(lo.dtype)
+    dlo, dhi = widen(dlo, dhi, 16 * u, 8 * u)
+    return dlo.clamp(0.0, peak), dhi.clamp(0.0, peak)

@@ -1,0 +1,132 @@
+"""Interval primitives and IBP: sampled points inside the boxes stay inside the bounds (float32)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pcert.compiler.model_builder import build_conv
+from pcert.compiler.torch_model import to_torch
+from pcert.runtime.bounds.ibp import ibp_layers
+from pcert.runtime.bounds.interval import (activation_bounds, activation_grad_bounds, conv2d_bounds,
+                                           linear_bounds, matmul_bounds, mul_bounds, outward)
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def _box(gen: torch.Generator, shape, scale: float, width: float):
+    c = torch.randn(shape, generator=gen) * scale
+    r = torch.rand(shape, generator=gen) * width
+    return c - r, c + r
+
+
+def _sample(gen: torch.Generator, lo, hi):
+    """Uniform points plus corners (where bounds are tightest)."""
+    t = torch.rand(lo.shape, generator=gen)
+    t = torch.where(torch.rand(lo.shape, generator=gen) < 0.3, t.round(), t)
+    return torch.minimum(torch.maximum(lo + (hi - lo) * t, lo), hi)
+
+
+def _inside(v, lo, hi):
+    return bool(((v >= lo) & (v <= hi)).all())
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 5), k=st.integers(1, 40), o=st.integers(1, 7),
+       p=st.integers(1, 3), width=st.sampled_from([0.0, 1e-6, 0.1, 2.0]))
+def test_linear_bounds_contain_samples(seed, n, k, o, p, width):
+    gen = torch.Generator().manual_seed(seed)
+    x = _box(gen, (p, n, k), 3.0, width)
+    w = _box(gen, (p, o, k), 1.0, width)
+    b = _box(gen, (p, o), 1.0, width)
+    lo, hi = linear_bounds(*x, *w, *b)
+    for _ in range(8):
+        xs, ws, bs = (_sample(gen, *t) for t in (x, w, b))
+        y32 = torch.matmul(xs, ws.transpose(-1, -2)) + bs[:, None]
+        y64 = torch.matmul(xs.double(), ws.double().transpose(-1, -2)) + bs.double()[:, None]
+        assert _inside(y32, lo, hi) and _inside(y64, lo.double(), hi.double())
+    mlo, mhi = matmul_bounds(x[0][0], x[0][0], *w)  # shared exact input, broadcast over P
+    y = torch.matmul(x[0][0].double(), w[0].double().transpose(-1, -2))
+    assert mlo.shape == (p, n, o) and _inside(y, mlo.double(), mhi.double())
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), stride=st.integers(1, 2), padding=st.integers(0, 1),
+       dilation=st.integers(1, 2), groups=st.sampled_from([1, 2]), width=st.sampled_from([0.0, 0.05, 1.0]))
+def test_conv2d_bounds_contain_samples(seed, stride, padding, dilation, groups, width):
+    gen = torch.Generator().manual_seed(seed)
+    p, n, c, oc = 2, 2, 2, 4
+    x = _box(gen, (p, n, c, 7, 7), 1.0, width)
+    w = _box(gen, (p, oc, c // groups, 3, 3), 0.5, width)
+    b = _box(gen, (p, oc), 0.5, width)
+    args = ((stride, stride), (padding, padding), (dilation, dilation), groups)
+    lo, hi = conv2d_bounds(*x, *w, *b, *args)
+    for _ in range(6):
+        xs, ws, bs = (_sample(gen, *t) for t in (x, w, b))
+        for q in range(p):
+            y = torch.nn.functional.conv2d(xs[q], ws[q], bs[q], *args)
+            assert _inside(y, lo[q], hi[q])
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), op=st.sampled_from(["relu", "sigmoid", "tanh"]),
+       scale=st.sampled_from([0.1, 3.0, 40.0]))
+def test_elementwise_bounds_contain_samples(seed, op, scale):
+    gen = torch.Generator().manual_seed(seed)
+    a, b = _box(gen, (50,), scale, scale), _box(gen, (50,), scale, scale)
+    mlo, mhi = mul_bounds(*a, *b)
+    alo, ahi = activation_bounds(op, *a)
+    dlo, dhi = activation_grad_bounds(op, *a)
+    fn = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[op]
+    for _ in range(10):
+        xa, xb = _sample(gen, *a), _sample(gen, *b)
+        assert _inside(xa * xb, mlo, mhi)
+        assert _inside(fn(xa), alo, ahi) and _inside(fn(xa.double()), alo.double(), ahi.double())
+        xg = xa.clone().requires_grad_(True)
+        (gout,) = torch.autograd.grad(fn(xg).sum(), xg)
+        assert _inside(gout, dlo, dhi)
+
+
+def test_nan_and_overflow_never_look_tight():
+    lo, hi = outward(torch.tensor([math.nan, 1.0]), torch.tensor([math.nan, 2.0]))
+    assert lo[0] == -math.inf and hi[0] == math.inf and lo[1] < 1.0 and hi[1] > 2.0
+    big = torch.full((1, 1, 4), 3e38)
+    lo, hi = matmul_bounds(big, big, big, big)
+    assert not torch.isnan(lo).any() and hi.item() == math.inf
+    inf = torch.tensor([[[-math.inf, 1.0]]])
+    lo, hi = matmul_bounds(inf, -inf, torch.ones(1, 1, 2), torch.ones(1, 1, 2))
+    assert lo.item() == -math.inf and hi.item() == math.inf
+
+
+ARCHS = ["3 -> 8 -> relu -> 8 -> tanh -> 2",
+         "1x6x6 -> 4c3p1 -> sigmoid -> 4c3s2 -> relu -> flatten -> 5",
+         "12 -> r3x2x2 -> 2c2g1 -> relu -> flatten -> 3"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), pw=st.sampled_from([0.0, 1e-3, 0.05]), xw=st.sampled_from([0.0, 0.1]))
+def test_ibp_layers_contain_sampled_networks(arch, seed, pw, xw):
+    graph = build_conv(arch, seed=seed % 1000)
+    model = to_torch(graph)
+    gen = torch.Generator().manual_seed(seed)
+    base = [p.detach() for p in model.parameters()]
+    p = 2
+    plo = [(t - pw * torch.rand(t.shape, generator=gen)).expand(p, *t.shape).contiguous() for t in base]
+    phi = [(t + pw * torch.rand(t.shape, generator=gen)).expand(p, *t.shape).contiguous() for t in base]
+    x = torch.randn((3, *graph.input_shape), generator=gen)
+    xlo, xhi = (x, x) if xw == 0 else (x - xw, x + xw)
+    bounds = ibp_layers(graph, plo, phi, xlo, xlo if xw == 0 else xhi)
+    assert [tuple(b[0].shape) for b in bounds] == [(p, 3, *layer.out_shape) for layer in graph.layers]
+    for _ in range(6):
+        with torch.no_grad():
+            for t, lo_, hi_ in zip(model.parameters(), plo, phi):
+                t.copy_(_sample(gen, lo_[1], hi_[1]))
+            h = _sample(gen, xlo, xhi)
+            for layer, module, (lo, hi) in zip(graph.layers, model, bounds):
+                h = module(h)
+                assert _inside(h, lo[1], hi[1]), layer.name
