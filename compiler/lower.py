@@ -250,7 +250,7 @@ def work_summary(spec: Spec, meaning: dict[str, Any]) -> dict[str, Any]:
     if ens is None:
         return {"trainings": 1, "sweep_points": points, "members": 0, "milps": 0,
                 "steps": meaning["schedule"]["total_steps"]}
-    members = 0 if ens["kind"] == "scores" else (ens["members"] or 0) * ens["seeds"]
+    members = 0 if ens["kind"] == "scores" else (ens["partitions"] or 0) * ens["seeds"]
     milps = ens["milp"]["batches"] * points if "milp" in ens else 0
     return {"trainings": members, "sweep_points": points, "members": ens["members"] or meaning.get("scores", {}).get("members", 0),
             "milps": milps, "steps": meaning.get("schedule", {}).get("total_steps", 0)}

@@ -140,4 +140,5 @@ def execute(resolved: Resolved, *, device: str | None = None, seed: int | None =
         gates=[g.model_dump(mode="json") for g in spec.gates],
         device=device, dtype=str(dtype).replace("torch.", ""), arithmetic=extra.get("arithmetic", {}),
         seed=seed, timings=extra.get("timings", {}), bounds=record, ensemble=ensemble,
+        mps_files=extra.get("mps_files", {}),
     )
