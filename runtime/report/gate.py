@@ -1,9 +1,10 @@
 """Gates: thresholds on report metrics that decide a run's exit code, and their JUnit XML.
 
 A gate names a metric, a comparison and a threshold, optionally ``at`` a budget (e.g.
-``{"n": 10}``). It selects every summary entry whose point agrees with ``at`` on each named
-budget (all points when ``at`` is absent) and holds only if it holds at every selected
-point; the verdict reports the worst selected value. A gate whose metric or point is not in
+``{"n": 10}``). With ``at`` it selects the sweep point where the named budgets take the given
+values and every other swept budget takes its smallest value (in a sweep over n and m,
+``at n = 10`` means n = 10 with the least label poisoning swept, usually m = 0). Without
+``at`` it holds only if it holds at every sweep point; the verdict reports the worst value. A gate whose metric or point is not in
 the summary is a ``UserError`` (exit 2), never a pass. NaN never passes.
 """
 from __future__ import annotations
@@ -65,6 +66,16 @@ def _matches(point: Mapping[str, Any], at: Mapping[str, Any]) -> bool:
                for k, v in at.items())
 
 
+def _select(entries: Sequence[Mapping[str, Any]], at: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The entries a gate speaks about (see the module docstring)."""
+    if at is None:
+        return list(entries)
+    matching = [e for e in entries if _matches(e["point"], at)]
+    others = {k for e in matching for k in e["point"] if k not in at}
+    least = {k: min(decode_number(e["point"][k]) for e in matching) for k in others}
+    return [e for e in matching if all(decode_number(e["point"][k]) == least[k] for k in others)]
+
+
 def _worst(values: list[tuple[float, dict]], op: str, threshold: float) -> tuple[float, dict]:
     """The selected value that is furthest on the failing side (a NaN wins: it always fails)."""
     for value, point in values:
@@ -86,7 +97,7 @@ def evaluate_gate(summary: Mapping[str, Sequence[Mapping[str, Any]]], gate: Any)
     if metric not in summary:
         raise UserError(f"gate '{name}': metric '{metric}' is not in the report "
                         f"(available: {', '.join(sorted(summary)) or 'none'})")
-    entries = [e for e in summary[metric] if at is None or _matches(e["point"], at)]
+    entries = _select(summary[metric], at)
     if not entries:
         points = "; ".join(", ".join(f"{k}={e['point'][k]}" for k in sorted(e["point"])) or "-" for e in summary[metric])
         raise UserError(f"gate '{name}': no sweep point of '{metric}' matches the budget "

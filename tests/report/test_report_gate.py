@@ -115,3 +115,16 @@ def test_terminal_summary_lists_every_metric_point_and_gate():
     assert any(line.startswith("FAIL") and "at n = 10" in line for line in lines)
     assert any(line.startswith("PASS") and "nominal_accuracy" in line for line in lines)
     assert any(line.startswith("ERROR") and "missing_metric" in line for line in lines)
+
+
+def test_gate_at_one_budget_takes_the_least_of_the_other_swept_budgets():
+    grid = [{"n": n, "m": m, "eps": 0.01} for n in (0, 10) for m in (0, 5)]
+    values = {(0, 0): 0.9, (0, 5): 0.7, (10, 0): 0.85, (10, 5): 0.4}
+    summary = {"certified_accuracy": [{"point": p, "value": values[(p["n"], p["m"])]} for p in grid]}
+    (at_n,) = evaluate_gates(summary, [{"metric": "certified_accuracy", "op": ">=", "value": 0.8, "at": {"n": 10}}])
+    assert at_n.passed and at_n.measured == 0.85 and at_n.point == {"n": 10, "m": 0, "eps": 0.01}
+    (both,) = evaluate_gates(summary, [{"metric": "certified_accuracy", "op": ">=", "value": 0.5,
+                                        "at": {"n": 10, "m": 5}}])
+    assert not both.passed and both.measured == 0.4
+    (everywhere,) = evaluate_gates(summary, [{"metric": "certified_accuracy", "op": ">=", "value": 0.5, "at": None}])
+    assert not everywhere.passed and everywhere.measured == 0.4 and "worst of 4 points" in everywhere.message
