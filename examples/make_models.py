@@ -18,8 +18,8 @@ from pcert.spec.model import DataSpec
 HERE = Path(__file__).resolve().parent
 MLPS = {
     "moons_mlp": [2, 128, 2],
-    "regression_mlp": [10, 64, 1],
-    "digits_mlp": [64, 32, 10],
+    "regression_mlp": [10, 16, 1],
+    "digits_linear": [64, 10],
     "digits_small": [64, 16, 10],
 }
 

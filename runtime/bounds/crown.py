@@ -33,7 +33,7 @@ from pcert.runtime.bounds.interval import activation_bounds, matmul_bounds, sani
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 RESHAPES = ("flatten", "reshape")
 # elements of one coefficient tensor per chunk of samples (memory bound of full CROWN)
-CHUNK_ELEMENTS = 1 << 24
+CHUNK_ELEMENTS = 1 << 22
 _EPS64 = 2.0**-52
 _BISECT_STEPS = 30
 
