@@ -73,5 +73,9 @@ def run_ensemble(resolved: Resolved, *, device: str, seed: int, quiet: bool) -> 
     record = EnsembleRecord(scheme=spec.ensemble.kind, vote=spec.vote, num_classes=outputs.num_classes,
                             votes=votes, labels=labels, prediction=prediction, certificates=radius,
                             scores=scores, R=R, spread=spread, milp=milps)
+    coverage = ("up to K in-place modifications of training points, partitions fixed before the attack "
+                "(intrinsic robustness from AGT)" if R is not None else
+                "up to K insertions, deletions or modifications of training points")
     return record, {"timings": timings, "metrics": per_point, "mps_files": mps_files,
-                    "arithmetic": {"certificates": "integer vote arithmetic; MILP certified count from the dual bound"}}
+                    "arithmetic": {"certificates": "integer vote arithmetic; MILP certified count from the dual bound",
+                                   "threat_coverage": coverage}}
