@@ -3,10 +3,13 @@
 Both have the form  sum_i U_i + SEMax_k{ U~_i - U_i }  (upper; lower with SEMin), where U_i bounds
 the clean per-sample gradient over the parameter box and U~_i the poisoned one; an unbounded
 adversary replaces a point by anything, i.e. U~_i = kappa after clipping (Thm B.1 rewritten:
-SEMax_{b-n}{U} + n kappa = sum U + SEMax_n{kappa - U}). Sums run as Rump midpoint-radius matmuls
-over (batch x positions) when there is no clipping; the top-k streams the batch in chunks with
-a running torch.topk, so memory is ~(k + chunk) x |theta| per budget point. Floating-point error
-of the streamed parts is bounded a priori by gamma * sum_i |G_i| |X_i|^T (one more matmul).
+SEMax_{b-n}{U} + n kappa = sum U + SEMax_n{kappa - U}). Any per-sample bounds U_i work as long
+as the sum and the differences use the same ones. Without clipping the sums are matmuls over
+(batch x positions): Rump's form, or for linear layers the sign-split products whose per-sample
+differences are one batched matmul per chunk. The top-k streams the batch in chunks with a running
+torch.topk (memory ~(k + chunk) x |theta| per budget point); differences are clamped at 0, since
+the adversary may leave a point alone. Floating-point error of everything computed outside
+interval.py is bounded a priori by gamma * sum_i |G_i| |X_i|^T (one more matmul).
 """
 from __future__ import annotations
 
@@ -162,11 +165,19 @@ def _select_sum(best: Tensor | None, k: list[int], largest: bool) -> Tensor:
     return torch.where((kk > 0).view(-1, 1), out, torch.zeros_like(out))
 
 
-def _merge(best: Tensor | None, d: Tensor, kmax: int, largest: bool) -> Tensor:
-    cat = d if best is None else torch.cat([best, d], 1)
-    if cat.shape[1] <= kmax:
-        return cat
-    return cat.topk(kmax, dim=1, largest=largest, sorted=False).values
+class RunningTopK:
+    """Per-coordinate k largest (or smallest) values over streamed chunks [P, c, F]: memory ~(k + c) F."""
+
+    def __init__(self, k: int, largest: bool) -> None:
+        self.k, self.largest = k, largest
+        self.best: Tensor | None = None  # [P, <=k, F]
+
+    def add(self, d: Tensor) -> None:
+        cat = d if self.best is None else torch.cat((self.best, d), 1)
+        self.best = cat if cat.shape[1] <= self.k else cat.topk(self.k, dim=1, largest=self.largest, sorted=False).values
+
+    def values(self) -> Tensor | None:
+        return self.best
 
 
 def _split_factors(g_lo: Tensor, g_hi: Tensor, x_lo: Tensor, x_hi: Tensor, exact_x: bool):
@@ -206,22 +217,25 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     sum_lo = _factored_sum(a_c, blo_c).flatten(1)
     sum_hi = _factored_sum(a_c, bhi_c).flatten(1)
     lhs = torch.cat((a_p, -a_c), -1)
-    rhs_hi = torch.cat((bhi_p.expand(p, *bhi_p.shape[1:]), bhi_c.expand(p, *bhi_c.shape[1:])), -1)
-    rhs_lo = torch.cat((blo_p.expand(p, *blo_p.shape[1:]), blo_c.expand(p, *blo_c.shape[1:])), -1)
-    best_hi = best_lo = None
-    for sl in _chunks(b, 2 * p * out * rhs_hi.shape[2]):
+    best_hi, best_lo = RunningTopK(kmax, True), RunningTopK(kmax, False)
+
+    def rhs(bp: Tensor, bc: Tensor, sl: slice) -> Tensor:  # [P, c, in, R~ + R], built per chunk
+        bp, bc = bp[:, sl], bc[:, sl]
+        return torch.cat((bp.expand(p, *bp.shape[1:]), bc.expand(p, *bc.shape[1:])), -1).transpose(-1, -2)
+
+    for sl in _chunks(b, 2 * p * out * blo_c.shape[2]):
         left = lhs[:, sl]
-        d_hi = torch.nan_to_num(torch.matmul(left, rhs_hi[:, sl].transpose(-1, -2)).clamp_(min=0.0), nan=math.inf)
-        d_lo = torch.nan_to_num(torch.matmul(left, rhs_lo[:, sl].transpose(-1, -2)).clamp_(max=0.0), nan=-math.inf)
+        d_hi = torch.nan_to_num(torch.matmul(left, rhs(bhi_p, bhi_c, sl)).clamp_(min=0.0), nan=math.inf)
+        d_lo = torch.nan_to_num(torch.matmul(left, rhs(blo_p, blo_c, sl)).clamp_(max=0.0), nan=-math.inf)
         d_hi, d_lo = d_hi.flatten(2), d_lo.flatten(2)
         if adv.untrusted is not None:
             keep = adv.untrusted[sl].view(1, -1, 1)
             d_hi = torch.where(keep, d_hi, -math.inf)
             d_lo = torch.where(keep, d_lo, math.inf)
-        best_hi = _merge(best_hi, d_hi, kmax, True)
-        best_lo = _merge(best_lo, d_lo, kmax, False)
-    lo = sum_lo + _select_sum(best_lo, adv.k, False)
-    hi = sum_hi + _select_sum(best_hi, adv.k, True)
+        best_hi.add(d_hi)
+        best_lo.add(d_lo)
+    lo = sum_lo + _select_sum(best_lo.values(), adv.k, False)
+    hi = sum_hi + _select_sum(best_hi.values(), adv.k, True)
     if lg.bias:
         g_lo, g_hi, pg_lo, pg_hi = sq(c.g_lo), sq(c.g_hi), sq(pz.g_lo), sq(pz.g_hi)
         d_hi = torch.nan_to_num(pg_hi - g_hi, nan=math.inf).clamp(min=0.0)
@@ -230,8 +244,11 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
             keep = adv.untrusted.view(1, -1, 1)
             d_hi = torch.where(keep, d_hi, -math.inf)
             d_lo = torch.where(keep, d_lo, math.inf)
-        lo = torch.cat((lo, g_lo.sum(1) + _select_sum(_merge(None, d_lo, kmax, False), adv.k, False)), 1)
-        hi = torch.cat((hi, g_hi.sum(1) + _select_sum(_merge(None, d_hi, kmax, True), adv.k, True)), 1)
+        top_lo, top_hi = RunningTopK(kmax, False), RunningTopK(kmax, True)
+        top_lo.add(d_lo)
+        top_hi.add(d_hi)
+        lo = torch.cat((lo, g_lo.sum(1) + _select_sum(top_lo.values(), adv.k, False)), 1)
+        hi = torch.cat((hi, g_hi.sum(1) + _select_sum(top_hi.values(), adv.k, True)), 1)
     return lo, hi
 
 
@@ -274,7 +291,6 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
     attacked = (torch.tensor(adv.k, device=ref.device) > 0).view(-1, 1)
     for lg in layers:
         single = lg.clean.g_lo.shape[-1] == 1 and lg.clean.g_lo.shape[2] == 1
-        stream_sums = kappa is not None
         rump = _sum_bounds(lg.clean, lg.bias) if kappa is None else None
         if kappa is None:
             nominal.append(_nominal_sum(lg))
@@ -287,13 +303,12 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
             err = gamma(8 * b + kmax + 16, dtype) * _mag_sum(lg) * 4 * attacked
             bounds.append(outward(lo - err, hi + err))
             continue
-        best_hi = best_lo = None
+        best_hi, best_lo = RunningTopK(kmax, True), RunningTopK(kmax, False)
         sum_lo = sum_hi = sum_nom = 0.0
         for sl in chunks:
             c_lo, c_hi = clip(*_dense(lg.clean, sl, lg.bias), 0, sl)
-            if stream_sums:
-                sum_lo, sum_hi = sum_lo + c_lo.sum(1), sum_hi + c_hi.sum(1)
             if kappa is not None:
+                sum_lo, sum_hi = sum_lo + c_lo.sum(1), sum_hi + c_hi.sum(1)
                 nd = _dense_point(*lg.nominal, sl, lg.bias)
                 nd = nd.clamp(-kappa, kappa) if scales is None else nd * scales[2][:, sl]
                 sum_nom = sum_nom + nd.sum(1)[0]
@@ -313,8 +328,8 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
                 keep = untrusted[sl].view(1, -1, 1)
                 d_hi = torch.where(keep, d_hi, -math.inf)
                 d_lo = torch.where(keep, d_lo, math.inf)
-            best_hi = _merge(best_hi, d_hi, kmax, True)
-            best_lo = _merge(best_lo, d_lo, kmax, False)
+            best_hi.add(d_hi)
+            best_lo.add(d_lo)
         if kappa is not None:
             nominal.append(sum_nom)
             lo, hi = sum_lo, sum_hi
@@ -323,8 +338,8 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
             lo, hi = rump
             streamed = attacked
         if kmax > 0:
-            lo = lo + _select_sum(best_lo, adv.k, False)
-            hi = hi + _select_sum(best_hi, adv.k, True)
+            lo = lo + _select_sum(best_lo.values(), adv.k, False)
+            hi = hi + _select_sum(best_hi.values(), adv.k, True)
         # rounding of the streamed per-sample values, running sums and top-k sums
         err = gamma(2 * b * lg.clean.g_lo.shape[-1] + kmax + 16, dtype) * _mag_sum(lg) * 2 * streamed
         bounds.append(outward(lo - err, hi + err))

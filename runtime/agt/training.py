@@ -1,9 +1,11 @@
 """The AGT loop (Algorithm 1) and the plain SGD run it must reproduce.
 
-One run carries every budget point on a leading axis P; the nominal run is computed once.
-Parameter and velocity updates are rounded outward, so the intervals contain the float run
-(and every exact-arithmetic run) of every admissible poisoned data set, not just the real-number
-ideal. Overflowing bounds become +-inf (never NaN) and the first such step is recorded.
+One run carries every budget point on a leading axis P; the nominal run (in ``dtype``, with the
+same recurrences as autograd) is computed once. Bounds run in float64 with a-priori rounding
+terms and outward rounding, and each step is hulled with the nominal parameters, so they contain
+every exact-arithmetic and float64 run of every admissible poisoning and the nominal run exactly
+(``cover="all"``: every run in ``dtype`` too). Frozen leading layers are evaluated once.
+Overflowing bounds become +-inf (never NaN) and the first such step is recorded.
 """
 from __future__ import annotations
 
@@ -218,10 +220,14 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
     first_train = slots[start][0]
     sub = LayerGraph(graph.layers[start].in_shape, graph.layers[start:])
     eps = torch.tensor([pt.eps if pt.kind == "bounded" else 0.0 for pt in points], dtype=cdt, device=device)
-    eps = eps.view(p, *[1] * (1 + len(graph.input_shape)))
+    eps = eps.view(p, *[1] * (1 + len(graph.input_shape)))  # l1/l2 balls lie inside the l_inf box
     needs_poison = any(pt.kind == "bounded" and pt.budget() > 0 for pt in points)
     feature_poison = needs_poison and bool((eps > 0).any())
     labels = [_label_model(pt) for pt in points]
+    n_classes = 2 if cfg.loss == "binary_cross_entropy" else int(np.prod(graph.output_shape))
+    for pt in points:
+        if pt.label_classes is not None and not all(0 <= c_ < n_classes for c_ in pt.label_classes):
+            raise UserError(f"budget: label_classes {list(pt.label_classes)} must lie in [0, {n_classes})")
     onehot = cfg.loss == "cross_entropy"  # dL/dz = softmax - one-hot sums to zero over classes
 
     # Frozen prefix: evaluated once (its parameters never change), nominal and bounds.
@@ -306,9 +312,9 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
                 vel_lo, vel_hi, vel_nom = d_lo, d_hi, d_nom
             else:
                 mu = cfg.momentum
-                new = [outward(*outward(vl * mu, vh * mu)) for vl, vh in zip(vel_lo, vel_hi)]
-                vel_lo = [outward(a[0] + dl, a[1] + dh)[0] for a, dl, dh in zip(new, d_lo, d_hi)]
-                vel_hi = [outward(a[0] + dl, a[1] + dh)[1] for a, dl, dh in zip(new, d_lo, d_hi)]
+                scaled = [outward(vl * mu, vh * mu) for vl, vh in zip(vel_lo, vel_hi)]
+                summed = [outward(a + dl, b + dh) for (a, b), dl, dh in zip(scaled, d_lo, d_hi)]
+                vel_lo, vel_hi = [v[0] for v in summed], [v[1] for v in summed]
                 vel_nom = [v * mu + d for v, d in zip(vel_nom, d_nom)]
             d_lo, d_hi, d_nom = vel_lo, vel_hi, vel_nom
         for j, (dl, dh, dn) in enumerate(zip(d_lo, d_hi, d_nom)):

@@ -297,3 +297,18 @@ def test_attack_campaign_unbounded_clipped_and_trusted_rows():
     for s in range(2):
         for attack in (_random_flips(3, s, untrusted), _greedy_flips(3, _target_direction(graph, s), untrusted)):
             _assert_inside(attacked_run(graph, x, y, cfg, attack), steps, 1, "flips on untrusted rows")
+
+
+def test_brute_force_with_crown_intermediate_bounds():
+    graph = build_conv("2 -> 4 -> relu -> 4 -> relu -> 2", seed=7)
+    x, y = _moons(4, 2)
+    cfg = TrainConfig(epochs=2, batch=4, lr=0.8)
+    eps = 0.1
+    steps = []
+    train_with_bounds(graph, x, y, cfg, [BudgetPoint(m=1), BudgetPoint(n=1, eps=eps)], method="crown+ibp",
+                      on_step=lambda t, nom, lo, hi: steps.append(([a.clone() for a in lo], [a.clone() for a in hi])))
+    flips = [_none] + [_label_option(r, 1 - int(y[r])) for r in range(4)]
+    corners = [np.array(c) * eps for c in itertools.product([-1, 1], repeat=2)]
+    feats = [_none] + [_feature_option(r, c) for r in range(4) for c in corners[::3]]
+    assert _enumerate(graph, x, y, cfg, flips, steps, 0) == 25
+    assert _enumerate(graph, x, y, cfg, feats, steps, 1) == 81

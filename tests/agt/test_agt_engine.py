@@ -203,6 +203,10 @@ def test_bad_input_raises_user_errors():
         train_with_bounds(graph, x, y, TrainConfig(epochs=1, batch=5, lr=0.1, frozen=2), [BudgetPoint()])
     with pytest.raises(UserError, match="flipping"):
         train_with_bounds(graph, x, np.zeros((10, 2)), TrainConfig(epochs=1, batch=5, lr=0.1, loss="mse"), [BudgetPoint(m=1)])
+    with pytest.raises(UserError, match="label_classes"):
+        train_with_bounds(graph, x, y, cfg, [BudgetPoint(m=1, label_classes=(2,))])
+    with pytest.raises(UserError, match="cover"):
+        train_with_bounds(graph, x, y, cfg, [BudgetPoint()], cover="some")
     x_nan = x.copy()
     x_nan[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):

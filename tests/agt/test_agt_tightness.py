@@ -1,8 +1,6 @@
 """Tightness on the AGT paper's halfmoons setting (targets from the project brief), one sweep run."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
 from sklearn.datasets import make_moons
 
 from pcert.compiler.model_builder import build_mlp
@@ -13,7 +11,6 @@ TARGETS = [(BudgetPoint(n=10, eps=0.01), 880), (BudgetPoint(n=50, eps=0.01), 860
            (BudgetPoint(m=1), 860), (BudgetPoint(m=5), 780), (BudgetPoint(m=10), 640)]
 
 
-@pytest.mark.slow
 def test_halfmoons_certified_accuracy_targets():
     x, y = make_moons(3000, noise=0.1, random_state=0)
     xt, yt = make_moons(1000, noise=0.1, random_state=1)
