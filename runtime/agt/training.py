@@ -341,6 +341,10 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
                      arithmetic={"dtype": str(dtype).replace("torch.", ""),
                                  "bound_dtype": str(cdt).replace("torch.", ""),
                                  "cover": cover,
+                                 "contains": ("every float32 SGD run under the threat" if cover == "all" else
+                                              "every exact-arithmetic and float64 SGD run under the threat, and the "
+                                              "nominal float32 run exactly (another float32 implementation may round "
+                                              "outside by ~1e-8)"),
                                  "rounding": "bounds in bound_dtype, one-ulp outward rounding per element-wise op, "
                                              "final bounds rounded outward to dtype; each step hulled with the nominal run",
                                  "margin": "a-priori 2*gamma_k*(|x_mid|+x_rad)(|W_mid|+W_rad) per product "
