@@ -25,6 +25,24 @@ from .config import AGTResult, Certificates, Objective
 from .losses import softmax_bounds
 
 
+
+def fraction(mask: Tensor) -> float:
+    """Exact count / total, the same on every device (no float32 averaging)."""
+    return int(mask.sum().item()) / max(int(mask.numel()), 1)
+
+
+def mean_bound(values: Tensor, *, up: bool) -> float:
+    """Mean of per-point loss bounds, rounded outward so the averaged bound stays a bound."""
+    v = values.detach().double().flatten()
+    if v.numel() == 0:
+        return 0.0
+    total = float(v.sum())
+    if not math.isfinite(total):
+        return total
+    slack = v.numel() * 2.0 ** -52 * float(v.abs().sum())        # float64 summation error bound
+    mean = (total + slack if up else total - slack) / v.numel()
+    return math.nextafter(mean, math.inf if up else -math.inf)
+
 def _output_bounds(graph: LayerGraph, result: AGTResult, x_lo: Tensor, x_hi: Tensor, method: str):
     if method == "ibp":
         from pcert.runtime.bounds.ibp import ibp_layers
@@ -81,8 +99,8 @@ def certify(graph: LayerGraph, result: AGTResult, x_test, y_test, objective: Obj
         nominal_mse = float(((nom - yr) ** 2).mean())
         certified = (torch.isfinite(lo) & torch.isfinite(hi)).all(-1)
         for q in range(p):
-            metrics[q].update(worst_case_mse=float(torch.nan_to_num(worst[q], nan=math.inf).mean()),
-                              best_case_mse=float(torch.nan_to_num(best[q], nan=0.0).mean()),
+            metrics[q].update(worst_case_mse=mean_bound(torch.nan_to_num(worst[q], nan=math.inf), up=True),
+                              best_case_mse=mean_bound(torch.nan_to_num(best[q], nan=0.0), up=False),
                               nominal_mse=nominal_mse)
         return Certificates(lo, hi, nom, nom, certified, metrics)
 
@@ -101,16 +119,16 @@ def certify(graph: LayerGraph, result: AGTResult, x_test, y_test, objective: Obj
     surely_correct = c_rob & (c_cls == yl)
     for q in range(p):
         m = metrics[q]
-        m["nominal_accuracy"] = float(correct.float().mean())
-        m["certified_accuracy"] = float((certified[q] & correct).float().mean())
-        m["worst_case_accuracy"] = float(surely_correct[q].float().mean())
+        m["nominal_accuracy"] = fraction(correct)
+        m["certified_accuracy"] = fraction(certified[q] & correct)
+        m["worst_case_accuracy"] = fraction(surely_correct[q])
         if objective.kind == "backdoor":
-            m["backdoor_certified_accuracy"] = float(certified[q].float().mean())
+            m["backdoor_certified_accuracy"] = fraction(certified[q])
         if objective.classes is not None:
             for cls in objective.classes:
                 sel = yl == cls
                 if sel.any():
-                    m[f"certified_accuracy_class_{cls}"] = float(certified[q][sel].float().mean())
+                    m[f"certified_accuracy_class_{cls}"] = fraction(certified[q][sel])
     if objective.kind == "untargeted":
         if threshold is None:
             p_lo, _ = softmax_bounds(c_lo, c_hi)
@@ -125,12 +143,12 @@ def certify(graph: LayerGraph, result: AGTResult, x_test, y_test, objective: Obj
             nominal_ce = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, yl.to(dtype)))
         worst_ce = torch.nan_to_num(worst_ce, nan=math.inf) * (1 + 16 * u)
         for q in range(p):
-            metrics[q]["worst_case_cross_entropy"] = float(worst_ce[q].mean())
+            metrics[q]["worst_case_cross_entropy"] = mean_bound(worst_ce[q], up=True)
             metrics[q]["nominal_cross_entropy"] = nominal_ce
         if objective.metric == "mse":
             yr = torch.nn.functional.one_hot(yl, nom.shape[-1]).to(dtype) if threshold is None else yl.to(dtype).view(-1, 1)
             worst = torch.maximum((c_lo - yr) ** 2, (c_hi - yr) ** 2).mean(-1) * (1 + 8 * u)
             for q in range(p):
-                metrics[q]["worst_case_mse"] = float(torch.nan_to_num(worst[q], nan=math.inf).mean())
+                metrics[q]["worst_case_mse"] = mean_bound(torch.nan_to_num(worst[q], nan=math.inf), up=True)
                 metrics[q]["nominal_mse"] = float(((nom - yr) ** 2).mean())
     return Certificates(lo, hi, nom, pred, certified, metrics)
