@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from .encoding import dumps, to_jsonable
+from pcert.compiler.plan import file_sha256
+
 from .html import render_html
 from .record import BoundsRecord, EnsembleRecord, RunRecord
 from .schema import SCHEMA_VERSION, validate_report
@@ -46,14 +48,6 @@ SIDECAR_FILE = "bounds.npz"
 MODEL_FILE = "model.onnx"
 HTML_FILE = "report.html"
 MPS_DIR = "mps"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _bounds_arrays(b: BoundsRecord, num_points: int) -> dict[str, np.ndarray]:

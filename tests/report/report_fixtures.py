@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from pcert.compiler.model_builder import build_mlp
@@ -231,3 +232,18 @@ def scored_ensemble_record(scheme: str, vote: str, seed: int = 3) -> RunRecord:
                                      prediction=predict(ens.votes, ens.scores, C, vote), certificates=cert,
                                      scores=scores, spread=spread, milp=milp)
     return record
+
+
+@pytest.fixture(autouse=True)
+def quick_html(monkeypatch):
+    """Figures are tested in test_report_html; the checker never reads report.html."""
+    import pcert.runtime.report.writer as writer
+    monkeypatch.setattr(writer, "render_html", lambda report, arrays: "<html></html>\n")
+
+
+def failures(run_dir) -> str:
+    """The check's failure lines for a run that must fail."""
+    from pcert.runtime.report import check_run
+    result = check_run(run_dir)
+    assert not result.ok
+    return "\n".join(result.failures)

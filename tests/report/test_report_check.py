@@ -16,13 +16,7 @@ import pcert.runtime.report.writer as writer
 from pcert.runtime.report import check_run, write_report
 from pcert.runtime.report.writer import file_sha256
 from pcert.runtime.report.check_metrics import sure
-from report_fixtures import forward_bounds, report_json, save_report_json, single_record, tamper_sidecar
-
-
-@pytest.fixture(autouse=True)
-def quick_html(monkeypatch):
-    """Figures are tested in test_report_html; the checker never reads report.html."""
-    monkeypatch.setattr(writer, "render_html", lambda report, arrays: "<html></html>\n")
+from report_fixtures import failures, quick_html, forward_bounds, report_json, save_report_json, single_record, tamper_sidecar
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +27,6 @@ def record():
 @pytest.fixture
 def run(tmp_path, record):
     return write_report(record, tmp_path)
-
-
-def failures(run_dir):
-    result = check_run(run_dir)
-    assert not result.ok
-    return "\n".join(result.failures)
 
 
 def test_consistent_run_passes(run):

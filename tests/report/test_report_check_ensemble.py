@@ -7,13 +7,7 @@ import pytest
 import pcert.runtime.report.writer as writer
 from pcert.runtime.report import check_run, write_report
 from pcert.runtime.report.writer import file_sha256
-from report_fixtures import ensemble_record, report_json, save_report_json, tamper_sidecar
-
-
-@pytest.fixture(autouse=True)
-def quick_html(monkeypatch):
-    """Figures are tested in test_report_html; the checker never reads report.html."""
-    monkeypatch.setattr(writer, "render_html", lambda report, arrays: "<html></html>\n")
+from report_fixtures import failures, quick_html, ensemble_record, report_json, save_report_json, tamper_sidecar
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +18,6 @@ def record():
 @pytest.fixture
 def run(tmp_path, record):
     return write_report(record, tmp_path)
-
-
-def failures(run_dir):
-    result = check_run(run_dir)
-    assert not result.ok
-    return "\n".join(result.failures)
 
 
 def _solved(report):
@@ -122,7 +110,7 @@ def test_time_limited_resolve_is_reported_not_failed(run):
 
 @pytest.mark.parametrize("scheme, vote", [("dpa", "roe"), ("fa", "plurality"), ("fa", "roe")])
 def test_scored_ensembles_check_and_catch_an_edited_score(tmp_path, scheme, vote):
-    from report_fixtures import scored_ensemble_record
+    from report_fixtures import failures, quick_html, scored_ensemble_record
     run = write_report(scored_ensemble_record(scheme, vote), tmp_path)
     result = check_run(run)
     assert result.ok, result.render()
