@@ -137,3 +137,18 @@ def test_check_passes_fresh_run_and_fails_each_tampering(tmp_path: Path, tamper:
         (run_dir / "bounds.npz").write_bytes((other_dir / "bounds.npz").read_bytes())
     assert main(["check", str(run_dir)]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("solver crashed"), MemoryError()])
+def test_internal_and_resource_failures_exit_3_without_traceback(passing_spec: Path, monkeypatch, capsys,
+                                                                 failure: BaseException) -> None:
+    import pcert.runtime.execute as execute
+
+    def broken(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(execute, "run_single", broken)
+    assert main(["run", str(passing_spec), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("pcert:")
+    assert not run_dirs(passing_spec)
