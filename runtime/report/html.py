@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .encoding import decode_number  # noqa: E402
-from .summary import gate_lines, metric_table, point_label  # noqa: E402
+from .summary import gate_lines, metric_table, point_label, swept_keys  # noqa: E402
 
 ALT_METRICS = "metrics versus budget"
 ALT_WIDTH = "parameter-bound width over training"
@@ -49,7 +49,7 @@ def _budget_axis(points: list[Mapping[str, Any]]) -> tuple[str, list[float], lis
     """x axis for a sweep: the one budget that varies, else the point index with labels."""
     keys = sorted({k for p in points for k in p})
     varying = [k for k in keys if len({str(p.get(k)) for p in points}) > 1]
-    labels = [point_label(p) for p in points]
+    labels = [point_label(p, varying or None) for p in points]
     if len(varying) == 1:
         return varying[0], [decode_number(p.get(varying[0], "nan")) for p in points], labels
     return "sweep point", [float(i) for i in range(len(points))], labels
@@ -88,7 +88,7 @@ def _width_figure(bounds: Mapping[str, Any], points: list[Mapping[str, Any]]) ->
         for p in range(len(steps[0]["width"])):
             mean = np.array([decode_number(s["width"][p][layer]["mean"]) for s in steps])
             high = np.array([decode_number(s["width"][p][layer]["max"]) for s in steps])
-            label = point_label(points[p]) if p < len(points) else f"point {p}"
+            label = point_label(points[p], swept_keys(points)) if p < len(points) else f"point {p}"
             line, = ax.plot(step_ids, np.where(np.isfinite(mean), mean, np.nan), label=label)
             ax.plot(step_ids, np.where(np.isfinite(high), high, np.nan), ls=":", color=line.get_color())
         ax.set_yscale("symlog", linthresh=1e-8)
@@ -121,7 +121,8 @@ def _plane_figure(arrays: Mapping[str, np.ndarray], points: list[Mapping[str, An
         return None
     xs, ys = arrays["plane_x"], arrays["plane_y"]
     pred, cert = arrays["plane_prediction"], arrays["plane_certified"]
-    shown = list(range(cert.shape[0]))[-4:]          # the largest budgets when the sweep is long
+    # up to four points spread over the sweep, from the smallest budget to the largest
+    shown = sorted({int(round(i)) for i in np.linspace(0, cert.shape[0] - 1, min(4, cert.shape[0]))})
     fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.6), squeeze=False)
     colours = plt.get_cmap("tab10")(np.arange(10))[:, :3]
     for ax, p in zip(axes[0], shown):
@@ -134,7 +135,7 @@ def _plane_figure(arrays: Mapping[str, np.ndarray], points: list[Mapping[str, An
                        edgecolors="k", linewidths=.2)
         ax.set_xlim(xs.min(), xs.max())
         ax.set_ylim(ys.min(), ys.max())
-        ax.set_title(f"{point_label(points[p]) if p < len(points) else p}: "
+        ax.set_title(f"{point_label(points[p], swept_keys(points)) if p < len(points) else p}: "
                      f"{100 * cert[p].mean():.1f}% of plane certified", fontsize=8)
     return _img(fig, ALT_PLANE)
 
