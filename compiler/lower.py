@@ -6,6 +6,7 @@ executes a plan without re-interpreting the spec.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Resolved:
     spec: Spec
     model: Any | None      # ImportedModel
     data: Any | None       # Dataset
+    scores: Any | None = None  # ScoresEnsemble (`ensemble scores`)
 
 
 def spec_error(spec: Spec, field: str, message: str, hint: str | None = None) -> SpecError:
@@ -152,16 +154,22 @@ def _fit_data_to_model(spec: Spec, graph: Any, data: Any) -> Any:
     return data
 
 
+def partitions(spec: Spec) -> int | None:
+    """Disjoint training partitions: one per member, M*d for Finite Aggregation."""
+    ens = spec.ensemble
+    if ens is None or ens.members is None:
+        return None
+    return ens.members * (ens.spread or 1) if ens.kind == "fa" else ens.members
+
+
 def _check_sizes(spec: Spec, data: Any) -> None:
     n_train, n_test = len(data.x_train), len(data.x_test)
     if spec.train.batch > n_train and spec.ensemble is None:
         raise spec_error(spec, "train.batch", f"batch {spec.train.batch} is larger than the training set ({n_train})",
                          f"use batch: {n_train} for full-batch training")
-    ens = spec.ensemble
-    if ens is not None and ens.members is not None:
-        partitions = ens.members * (ens.spread or 1) if ens.kind == "fa" else ens.members
-        if partitions > n_train:
-            raise spec_error(spec, "ensemble.members", f"{partitions} partitions for {n_train} training points")
+    count = partitions(spec)
+    if count is not None and count > n_train:
+        raise spec_error(spec, "ensemble.members", f"{count} partitions for {n_train} training points")
     if spec.certify.kind == "multi_sample" and spec.certify.batch and spec.certify.batch > n_test:
         raise spec_error(spec, "certify.batch", f"batch {spec.certify.batch} exceeds the test set ({n_test})")
 
@@ -170,11 +178,10 @@ def ensemble_layout(spec: Spec, n_test: int, names: list[str], points: list[dict
     ens = spec.ensemble
     if ens is None:
         return None
-    members = ens.members
     layout: dict[str, Any] = {
         "kind": ens.kind,
-        "members": members,
-        "partitions": (members * ens.spread) if ens.kind == "fa" and members else members,
+        "members": ens.members,
+        "partitions": partitions(spec),
         "spread": ens.spread,
         "seeds": ens.seeds or 1,
         "vote": spec.vote,
@@ -203,7 +210,7 @@ def lower(spec: Spec, *, parity: bool = True) -> Resolved:
     normal, paths = normal_spec(spec)
     names, points = sweep_points(spec)
     meaning: dict[str, Any] = {"spec": normal, "sweep": {"names": names, "points": points}}
-    model = data = None
+    model = data = scores = None
     if spec.ensemble is None or spec.ensemble.kind != "scores":
         model_path = Path(paths["model"])
         model = _at(spec, "model", lambda: import_onnx(model_path))
@@ -233,7 +240,7 @@ def lower(spec: Spec, *, parity: bool = True) -> Resolved:
     meaning["work"] = work_summary(spec, meaning)
     provenance = {
         "spec_path": str(Path(spec.source_path).resolve()),
-        "spec_sha256": _text_sha256(spec.source_text),
+        "spec_sha256": hashlib.sha256(spec.source_text.encode("utf-8")).hexdigest(),
         "spec_text": spec.source_text,
         "files": paths,
         "output": str(_resolve(spec, spec.output)),
@@ -241,7 +248,7 @@ def lower(spec: Spec, *, parity: bool = True) -> Resolved:
         "parity_checked": parity and model is not None,
     }
     plan = Plan(meaning=meaning, provenance=provenance, hash=plan_hash(meaning))
-    return Resolved(plan=plan, spec=spec, model=model, data=data)
+    return Resolved(plan=plan, spec=spec, model=model, data=data, scores=scores)
 
 
 def work_summary(spec: Spec, meaning: dict[str, Any]) -> dict[str, Any]:
@@ -255,8 +262,3 @@ def work_summary(spec: Spec, meaning: dict[str, Any]) -> dict[str, Any]:
     return {"trainings": members, "sweep_points": points, "members": ens["members"] or meaning.get("scores", {}).get("members", 0),
             "milps": milps, "steps": meaning.get("schedule", {}).get("total_steps", 0)}
 
-
-def _text_sha256(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -13,7 +13,7 @@ import torch
 
 from pcert.compiler.lower import Resolved
 from pcert.errors import ResourceError, UserError
-from pcert.runtime.report import RunRecord
+from pcert.runtime.report import RunRecord, summary_from_metrics
 from pcert.spec.model import BoundedThreat, Spec
 
 
@@ -53,15 +53,6 @@ def objective_of(spec: Spec):
     return Objective(kind=o.kind, metric=getattr(o, "metric", "mse"), eps=getattr(o, "eps", 0.0),
                      norm=getattr(o, "norm", "inf"),
                      classes=tuple(o.classes) if getattr(o, "classes", None) else None)
-
-
-def summary_from(points: list[dict[str, Any]], per_point: list[dict[str, float]]) -> dict[str, list[dict[str, Any]]]:
-    """metric -> [{"point": budgets, "value": v}] in sweep order."""
-    summary: dict[str, list[dict[str, Any]]] = {}
-    for point, metrics in zip(points, per_point):
-        for name, value in metrics.items():
-            summary.setdefault(name, []).append({"point": dict(point), "value": float(value)})
-    return summary
 
 
 def _progress(total: int, quiet: bool, desc: str):
@@ -136,7 +127,7 @@ def execute(resolved: Resolved, *, device: str | None = None, seed: int | None =
         onnx_bytes=open(model_path, "rb").read() if model_path else b"",
         data_descriptor=resolved.plan.meaning.get("data", {}).get("descriptor", {}),
         data_sha256=resolved.plan.meaning.get("data", {}).get("sha256", ""),
-        points=points, summary=summary_from(points, extra["metrics"]),
+        points=points, summary=summary_from_metrics(points, extra["metrics"]),
         gates=[g.model_dump(mode="json") for g in spec.gates],
         device=device, dtype=str(dtype).replace("torch.", ""), arithmetic=extra.get("arithmetic", {}),
         seed=seed, timings=extra.get("timings", {}), bounds=record, ensemble=ensemble,

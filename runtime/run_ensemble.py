@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pcert.compiler.lower import Resolved
-from pcert.runtime.ensemble import certify_multi_sample, load_scores, member_outputs, per_sample_certificate
+from pcert.runtime.ensemble import MultiSampleResult, certify_multi_sample, member_outputs, per_sample_certificate
 from pcert.runtime.ensemble.voting import average_seeds, member_votes, predict
 from pcert.runtime.report import EnsembleRecord
 
@@ -20,7 +20,7 @@ def _members(resolved: Resolved, quiet: bool) -> tuple[np.ndarray, np.ndarray, n
     spec = resolved.spec
     ens = spec.ensemble
     if ens.kind == "scores":
-        loaded = load_scores(Path(resolved.plan.provenance["files"]["ensemble.path"]))
+        loaded = resolved.scores
         return loaded.scores, loaded.labels, loaded.R, loaded.spread, loaded.scheme
     from pcert.runtime.ensemble.members import train_ensemble
     from pcert.runtime.execute import train_config
@@ -34,6 +34,18 @@ def _members(resolved: Resolved, quiet: bool) -> tuple[np.ndarray, np.ndarray, n
     scores = average_seeds(run.scores) if ens.kind == "dpa_star" else run.scores
     spread = run.partition.spread if ens.kind == "fa" else None
     return scores, data.y_test, run.R, spread, "fa" if ens.kind == "fa" else "dpa"
+
+
+def milp_records(result: MultiSampleResult, mps_dir: Path) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The report's MILP entries for one K, and the MPS files `certify_multi_sample` wrote to mps_dir."""
+    records, files = [], {}
+    for b, batch in enumerate(result.batches):
+        mps = mps_dir / f"batch_{b}.mps"
+        name = f"K{result.K}_batch{b}.mps" if mps.is_file() else None
+        if name:
+            files[name] = mps.read_bytes()
+        records.append(asdict(batch) | {"K": result.K, "mps": name})
+    return records, files
 
 
 def run_ensemble(resolved: Resolved, *, device: str, seed: int, quiet: bool) -> tuple[EnsembleRecord, dict[str, Any]]:
@@ -59,12 +71,9 @@ def run_ensemble(resolved: Resolved, *, device: str, seed: int, quiet: bool) -> 
                                               num_classes=outputs.num_classes, batch=spec.certify.batch,
                                               time_limit=spec.certify.time_limit, solver=spec.certify.solver,
                                               mps_dir=folder)
-                for b, batch in enumerate(result.batches):
-                    mps = Path(folder) / f"batch_{b}.mps"
-                    name = f"K{K}_batch{b}.mps" if mps.is_file() else None
-                    if name:
-                        mps_files[name] = mps.read_bytes()
-                    milps.append(asdict(batch) | {"K": K, "mps": name})
+                records, files = milp_records(result, Path(folder))
+            milps += records
+            mps_files |= files
             metrics["multi_sample_certified_accuracy"] = result.certified_fraction
         metrics["certified_accuracy"] = metrics.get("multi_sample_certified_accuracy",
                                                     metrics["per_sample_certified_accuracy"])

@@ -15,6 +15,7 @@ from pcert.compiler.plan import plan_hash
 from pcert.runtime.report import BoundsRecord, EnsembleRecord, PlaneRecord, RunRecord, evaluate_gates
 from pcert.runtime.report.sidecar import array_sha256, read_npz, write_npz
 from pcert.runtime.report.writer import file_sha256
+from pcert.runtime.run_ensemble import milp_records
 
 
 def forward_bounds():
@@ -131,7 +132,6 @@ def single_record(seed: int = 0, radii=(0.0, 0.002, 0.05), n_test: int = 24, pla
 def ensemble_record(seed: int = 0, Ks=(0, 1, 2)) -> RunRecord:
     """Plurality DPA ensemble: per-sample radii from the Levine-Feizi gap formula (written here),
     multi-sample certificates from the ensemble helper's MILP (with MPS files)."""
-    from dataclasses import asdict
     import tempfile
 
     from pcert.runtime.ensemble.multi_sample import certify_multi_sample
@@ -153,12 +153,9 @@ def ensemble_record(seed: int = 0, Ks=(0, 1, 2)) -> RunRecord:
             result = certify_multi_sample(votes, labels, K, batch=5, solver="milp", mps_dir=f"{tmp}/{K}",
                                           num_classes=C)
             multi[K] = result.certified_fraction
-            for b, batch in enumerate(result.batches):
-                path = Path(tmp, str(K), f"batch_{b}.mps")
-                name = f"K{K}_batch{b}.mps" if path.exists() else None
-                if name:
-                    mps_files[name] = path.read_bytes()
-                milp.append({**asdict(batch), "K": K, "mps": name})
+            records, files = milp_records(result, Path(tmp, str(K)))
+            milp += records
+            mps_files |= files
     summary = {"per_sample_certified_accuracy": [{"point": {"K": k}, "value": float((cert >= k).mean())} for k in Ks],
                "nominal_accuracy": [{"point": {"K": k}, "value": float((pred == labels).mean())} for k in Ks],
                "multi_sample_certified_accuracy": [{"point": {"K": k}, "value": multi[k]} for k in Ks]}
@@ -198,7 +195,6 @@ def tamper_sidecar(run: Path, edit) -> None:
 def scored_ensemble_record(scheme: str, vote: str, seed: int = 3) -> RunRecord:
     """An ensemble from member scores (ROE needs them; FA adds a spread map), certified with the
     ensemble helper's per-sample and multi-sample certifiers."""
-    from dataclasses import asdict
     import tempfile
 
     from pcert.runtime.ensemble.multi_sample import certify_multi_sample
@@ -218,12 +214,9 @@ def scored_ensemble_record(scheme: str, vote: str, seed: int = 3) -> RunRecord:
         for K in (1, 2):
             result = certify_multi_sample(scores, labels, K, scheme=scheme, vote=vote, spread=spread, batch=5,
                                           solver="milp", mps_dir=f"{tmp}/{K}")
-            for b, batch in enumerate(result.batches):
-                path = Path(tmp, str(K), f"batch_{b}.mps")
-                name = f"K{K}_batch{b}.mps" if path.exists() else None
-                if name:
-                    mps_files[name] = path.read_bytes()
-                milp.append({**asdict(batch), "K": K, "mps": name})
+            records, files = milp_records(result, Path(tmp, str(K)))
+            milp += records
+            mps_files |= files
     record = ensemble_record(seed)
     record.points, record.mps_files, record.gates, record.verdicts = points, mps_files, [], []
     record.summary = {"per_sample_certified_accuracy": [{"point": p, "value": float((cert >= p["K"]).mean())}
