@@ -23,6 +23,7 @@ from pcert.compiler.graph import Layer
 from pcert.runtime.bounds.interval import Bounds, gamma, matmul_bounds, mid_rad, outward, unit_roundoff
 
 from .backward import Factors
+from .topk_kernel import outer_topk
 
 CHUNK_ELEMENTS = 1 << 23  # per-sample values held at once per tensor (~32 MB in float32)
 
@@ -148,8 +149,8 @@ def _mig_sq(lo: Tensor, hi: Tensor) -> Tensor:
     return (mig * mig).sum(-1)
 
 
-def _chunks(b: int, width: int):
-    step = max(1, CHUNK_ELEMENTS // max(width, 1))
+def _chunks(b: int, width: int, elements: int = CHUNK_ELEMENTS):
+    step = max(1, elements // max(width, 1))
     return [slice(s, min(s + step, b)) for s in range(0, b, step)]
 
 
@@ -202,6 +203,31 @@ def _factored_sum(a: Tensor, bf: Tensor) -> Tensor:
     return torch.matmul(lhs, rhs.transpose(-1, -2))
 
 
+def _streamed_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | None, kmax: int) -> Bounds:
+    """Torch counterpart of ``outer_topk`` (GPU): per-sample differences by chunked matmuls, running top-k.
+
+    Each chunk is laid out [P, F, c] so the top-k reduces along the contiguous axis; chunks are large
+    on accelerators (memory is cheap there, kernel launches are not).
+    """
+    p, b, out = lhs.shape[:3]
+    per_chunk = CHUNK_ELEMENTS * (16 if lhs.device.type != "cpu" else 1)
+    best_hi = best_lo = None
+    for sl in _chunks(b, 2 * p * out * rhs_hi.shape[3], per_chunk):
+        left = lhs[:, sl]
+        d_hi = torch.matmul(left, rhs_hi[:, sl]).flatten(2).transpose(1, 2).clamp(min=0.0)
+        d_lo = torch.matmul(left, rhs_lo[:, sl]).flatten(2).transpose(1, 2).clamp(max=0.0)
+        d_hi, d_lo = torch.nan_to_num(d_hi, nan=math.inf), torch.nan_to_num(d_lo, nan=-math.inf)  # [P, F, c]
+        if keep is not None:
+            d_hi = torch.where(keep[sl], d_hi, -math.inf)
+            d_lo = torch.where(keep[sl], d_lo, math.inf)
+        if best_hi is not None:
+            d_hi, d_lo = torch.cat((best_hi, d_hi), 2), torch.cat((best_lo, d_lo), 2)
+        k = min(kmax, d_hi.shape[2])
+        best_hi = d_hi.topk(k, 2, largest=True, sorted=False).values
+        best_lo = d_lo.topk(k, 2, largest=False, sorted=False).values
+    return best_hi.transpose(1, 2), best_lo.transpose(1, 2)
+
+
 def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     """Thm 3.3 / B.1 sums plus top-k for a linear layer without clipping, from factored bounds.
 
@@ -216,26 +242,23 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     kmax = max(adv.k)
     sum_lo = _factored_sum(a_c, blo_c).flatten(1)
     sum_hi = _factored_sum(a_c, bhi_c).flatten(1)
-    lhs = torch.cat((a_p, -a_c), -1)
-    best_hi, best_lo = RunningTopK(kmax, True), RunningTopK(kmax, False)
+    # per-sample differences in float32: the caller's a-priori term covers their rounding
+    lhs = torch.cat((a_p.to(torch.float32), -a_c.to(torch.float32)), -1)
+    q = max(blo_p.shape[0], blo_c.shape[0])
 
-    def rhs(bp: Tensor, bc: Tensor, sl: slice) -> Tensor:  # [P, c, in, R~ + R], built per chunk
-        bp, bc = bp[:, sl], bc[:, sl]
-        return torch.cat((bp.expand(p, *bp.shape[1:]), bc.expand(p, *bc.shape[1:])), -1).transpose(-1, -2)
+    def rhs(bp: Tensor, bc: Tensor) -> Tensor:  # [Q, b, R~ + R, in]: the layout both top-k paths multiply with
+        parts = [t.to(torch.float32).transpose(-1, -2) for t in (bp, bc)]
+        return torch.cat([t.expand(q, *t.shape[1:]) for t in parts], -2)
 
-    for sl in _chunks(b, 2 * p * out * blo_c.shape[2]):
-        left = lhs[:, sl]
-        d_hi = torch.nan_to_num(torch.matmul(left, rhs(bhi_p, bhi_c, sl)).clamp_(min=0.0), nan=math.inf)
-        d_lo = torch.nan_to_num(torch.matmul(left, rhs(blo_p, blo_c, sl)).clamp_(max=0.0), nan=-math.inf)
-        d_hi, d_lo = d_hi.flatten(2), d_lo.flatten(2)
-        if adv.untrusted is not None:
-            keep = adv.untrusted[sl].view(1, -1, 1)
-            d_hi = torch.where(keep, d_hi, -math.inf)
-            d_lo = torch.where(keep, d_lo, math.inf)
-        best_hi.add(d_hi)
-        best_lo.add(d_lo)
-    lo = sum_lo + _select_sum(best_lo.values(), adv.k, False)
-    hi = sum_hi + _select_sum(best_hi.values(), adv.k, True)
+    rhs_hi, rhs_lo = rhs(bhi_p, bhi_c), rhs(blo_p, blo_c)
+    if lhs.device.type == "cpu":
+        top_hi, top_lo = outer_topk(lhs, rhs_hi, rhs_lo, adv.untrusted, kmax)
+    else:
+        top_hi, top_lo = _streamed_topk(lhs, rhs_hi, rhs_lo, adv.untrusted, kmax)
+    # gradual underflow of float32 (inputs and R products per sample), summed over the batch
+    tiny = b * 2.0 ** -148 * lhs.shape[-1] * (lhs.abs().amax() + rhs_hi.abs().amax() + rhs_lo.abs().amax() + 1)
+    lo = sum_lo + _select_sum(top_lo.to(sum_lo.dtype), adv.k, False) - tiny
+    hi = sum_hi + _select_sum(top_hi.to(sum_hi.dtype), adv.k, True) + tiny
     if lg.bias:
         g_lo, g_hi, pg_lo, pg_hi = sq(c.g_lo), sq(c.g_hi), sq(pz.g_lo), sq(pz.g_hi)
         d_hi = torch.nan_to_num(pg_hi - g_hi, nan=math.inf).clamp(min=0.0)
@@ -291,7 +314,8 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
     attacked = (torch.tensor(adv.k, device=ref.device) > 0).view(-1, 1)
     for lg in layers:
         single = lg.clean.g_lo.shape[-1] == 1 and lg.clean.g_lo.shape[2] == 1
-        rump = _sum_bounds(lg.clean, lg.bias) if kappa is None else None
+        needs_rump = kappa is None and not (single and bool(attacked.all()))
+        rump = _sum_bounds(lg.clean, lg.bias) if needs_rump else None
         if kappa is None:
             nominal.append(_nominal_sum(lg))
         if kappa is None and kmax == 0:
@@ -299,8 +323,12 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
             continue
         if kappa is None and single:
             lo, hi = _linear_topk(lg, adv)
-            lo, hi = torch.where(attacked, lo, rump[0]), torch.where(attacked, hi, rump[1])
-            err = gamma(8 * b + kmax + 16, dtype) * _mag_sum(lg) * 4 * attacked
+            if rump is not None:
+                lo, hi = torch.where(attacked, lo, rump[0]), torch.where(attacked, hi, rump[1])
+            # float64 sums and top-k totals, plus the float32 per-sample differences (rank <= 8, each term
+            # within 2 |G||X|; their errors summed over the whole batch)
+            rel = gamma(8 * b + kmax + 16, dtype) * 4 + gamma(8 + 2, torch.float32) * 2
+            err = rel * _mag_sum(lg) * attacked
             bounds.append(outward(lo - err, hi + err))
             continue
         best_hi, best_lo = RunningTopK(kmax, True), RunningTopK(kmax, False)
