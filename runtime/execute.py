@@ -81,7 +81,8 @@ def run_single(resolved: Resolved, device: str, dtype: torch.dtype, quiet: bool)
     start = time.perf_counter()
     try:
         result = train_with_bounds(graph, data.x_train, data.y_train, train_config(spec), budget_points(spec, points),
-                                   method=method, dtype=dtype, device=device, trusted=data.trusted, progress=progress)
+                                   method=method, dtype=dtype, device=device, trusted=data.trusted, progress=progress,
+                                   cover=spec.cover)
     finally:
         bar.close()
     timings["train"] = time.perf_counter() - start

@@ -28,7 +28,7 @@ def _members(resolved: Resolved, quiet: bool) -> tuple[np.ndarray, np.ndarray, n
     data = resolved.data
     run = train_ensemble(resolved.model.graph, data.x_train, data.y_train, train_config(spec), data.x_test,
                          scheme=ens.kind, members=ens.members, seeds=ens.seeds or 1, spread=ens.spread or 1,
-                         member=spec.member.kind, budgets=tuple(spec.member.n or ()), method=spec.bounds,
+                         member=spec.member.kind, budgets=tuple(spec.member.n or ()), method=spec.bounds, cover=spec.cover,
                          executor=spec.executor.kind, workers=spec.executor.workers, address=spec.executor.address,
                          quiet=quiet)
     scores = average_seeds(run.scores) if ens.kind == "dpa_star" else run.scores

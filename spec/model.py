@@ -161,6 +161,9 @@ class Spec(Strict):
     objective: Objective = Field(default_factory=TargetedObjective, discriminator="kind")
     bounds: Literal["ibp", "crown", "crown+ibp"] = "ibp"
     precision: Literal["float32", "float64"] = "float32"
+    # which training runs the parameter bounds contain: "nominal" = every exact-arithmetic and float64
+    # run plus the nominal run in `precision`; "all" = also every run in `precision` (wider margins)
+    cover: Literal["nominal", "all"] = "nominal"
     device: Literal["cpu", "cuda", "auto"] = "auto"
     ensemble: EnsembleSpec | None = None
     vote: Literal["plurality", "roe"] = "plurality"

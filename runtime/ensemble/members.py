@@ -44,6 +44,7 @@ class MemberTask:
     kind: str = "plain"              # "plain" | "agt"
     budgets: tuple[int, ...] = ()
     method: str = "ibp"
+    cover: str = "nominal"           # see pcert.runtime.agt.train_with_bounds
 
 
 @dataclass
@@ -84,7 +85,7 @@ def train_member(task: MemberTask) -> dict:
         params = train_nominal(task.graph, task.x, task.y, task.cfg)
         return {"scores": _forward(task.graph, params, task.x_test), "lower": None, "upper": None}
     points = [BudgetPoint(kind="unbounded", n=int(n)) for n in task.budgets]
-    result = train_with_bounds(task.graph, task.x, task.y, task.cfg, points, method=task.method)
+    result = train_with_bounds(task.graph, task.x, task.y, task.cfg, points, method=task.method, cover=task.cover)
     cert = certify(task.graph, result, task.x_test, np.zeros(len(task.x_test), dtype=np.int64), Objective(),
                    method=task.method)
     return {"scores": _numpy(cert.nominal_output), "lower": _numpy(cert.lower), "upper": _numpy(cert.upper)}
@@ -111,7 +112,7 @@ def robustness(scores: np.ndarray, lower: np.ndarray, upper: np.ndarray, budgets
 
 def train_ensemble(graph: LayerGraph, x: np.ndarray, y: np.ndarray, cfg, x_test: np.ndarray, *, scheme: str,
                    members: int, seeds: int = 1, spread: int = 1, member: str = "plain",
-                   budgets: tuple[int, ...] = (), method: str = "ibp", executor: str = "local",
+                   budgets: tuple[int, ...] = (), method: str = "ibp", cover: str = "nominal", executor: str = "local",
                    workers: int | None = None, address: str | None = None, quiet: bool = True) -> EnsembleRun:
     """Partition (x, y), train every member, and return test scores (and R for AGT members)."""
     if member not in ("plain", "agt"):
@@ -126,7 +127,7 @@ def train_ensemble(graph: LayerGraph, x: np.ndarray, y: np.ndarray, cfg, x_test:
         raise UserError(f"ensemble: unknown scheme {scheme!r}")
     seeds = seeds if scheme == "dpa_star" else 1
     tasks = [MemberTask(graph, x[idx], y[idx], dataclasses.replace(cfg, order_seed=cfg.order_seed + s), x_test,
-                        member, tuple(budgets), method)
+                        member, tuple(budgets), method, cover)
              for idx in part.member_indices() for s in range(seeds)]
     out = run_tasks(train_member, tasks, kind=executor, workers=workers, address=address, quiet=quiet)
     n_units = len(tasks) // seeds
