@@ -209,8 +209,18 @@ def _streamed_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | N
     Each chunk is laid out [P, F, c] so the top-k reduces along the contiguous axis; chunks are large
     on accelerators (memory is cheap there, kernel launches are not).
     """
-    p, b, out = lhs.shape[:3]
     per_chunk = CHUNK_ELEMENTS * (16 if lhs.device.type != "cpu" else 1)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # TF32 would round far outside the a-priori term
+    try:
+        return _streamed_chunks(lhs, rhs_hi, rhs_lo, keep, kmax, per_chunk)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+def _streamed_chunks(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | None, kmax: int,
+                     per_chunk: int) -> Bounds:
+    p, b, out = lhs.shape[:3]
     best_hi = best_lo = None
     for sl in _chunks(b, 2 * p * out * rhs_hi.shape[3], per_chunk):
         left = lhs[:, sl]
@@ -255,8 +265,10 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
         top_hi, top_lo = outer_topk(lhs, rhs_hi, rhs_lo, adv.untrusted, kmax)
     else:
         top_hi, top_lo = _streamed_topk(lhs, rhs_hi, rhs_lo, adv.untrusted, kmax)
-    # gradual underflow of float32 (inputs and R products per sample), summed over the batch
-    tiny = b * 2.0 ** -148 * lhs.shape[-1] * (lhs.abs().amax() + rhs_hi.abs().amax() + rhs_lo.abs().amax() + 1)
+    # float32 underflow, summed over the batch: R products per sample, each flushed (< 2**-126) or
+    # gradual, and the conversion of tiny inputs (< 2**-150 times the other factor)
+    mags = lhs.abs().amax() + rhs_hi.abs().amax() + rhs_lo.abs().amax()
+    tiny = b * lhs.shape[-1] * (2.0 ** -125 + 2.0 ** -149 * mags)
     lo = sum_lo + _select_sum(top_lo.to(sum_lo.dtype), adv.k, False) - tiny
     hi = sum_hi + _select_sum(top_hi.to(sum_hi.dtype), adv.k, True) + tiny
     if lg.bias:
