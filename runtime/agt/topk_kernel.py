@@ -11,6 +11,7 @@ to the float32 rounding of the kept values, which the caller covers a priori.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -22,13 +23,14 @@ _FINITE_CAP = 1e36  # |d| stays far below float32 overflow, so no inf or NaN ari
 BLOCK = 8  # outputs per task: one pass over a sample's rhs rows serves all of them
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(lhs, rhs_hi, rhs_lo, order, alpha, rest, beta_hi, beta_lo, kmax, block, out_hi, out_lo):  # pragma: no cover
-    """Tasks are (p, block of outputs): a sample's rhs rows are loaded once per block, not once per output."""
+@numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
+def _kernel(lhs, rhs_hi, rhs_lo, order, alpha, rest, beta_hi, beta_lo, kmax, block, out_hi, out_lo,
+            first, last):  # pragma: no cover
+    """Tasks first..last-1 of (p, block of outputs): a sample's rhs rows are loaded once per block."""
     p_n, o_n, b_n, r_n = lhs.shape
     q_n, _, _, j_n = rhs_hi.shape
     n_blocks = (o_n + block - 1) // block
-    for task in numba.prange(p_n * n_blocks):
+    for task in range(first, last):
         p, blk = task // n_blocks, task % n_blocks
         o0 = blk * block
         ob = min(block, o_n - o0)
@@ -132,7 +134,17 @@ def outer_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | None,
     rest = ordered.flip(-1).cummax(-1).values.flip(-1).contiguous()
     out_hi = np.empty((p, kmax, o * j), np.float32)
     out_lo = np.empty((p, kmax, o * j), np.float32)
-    _kernel(lhs.permute(0, 2, 1, 3).contiguous().numpy(), rhs_hi.contiguous().numpy(), rhs_lo.contiguous().numpy(),
+    args = (lhs.permute(0, 2, 1, 3).contiguous().numpy(), rhs_hi.contiguous().numpy(), rhs_lo.contiguous().numpy(),
             order.numpy(), alpha.contiguous().numpy(), rest.numpy(), (beta_hi * _INFLATE).numpy(),
             (beta_lo * _INFLATE).numpy(), kmax, BLOCK, out_hi, out_lo)
+    # plain threads (the kernel releases the GIL) rather than numba's parallel layer, whose spinning
+    # workers fight torch's OpenMP pool on small machines; tasks write disjoint outputs
+    n_tasks = p * n_blocks
+    workers = max(1, min(torch.get_num_threads(), n_tasks))
+    cuts = [n_tasks * w // workers for w in range(workers + 1)]
+    if workers == 1:
+        _kernel(*args, 0, n_tasks)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda w: _kernel(*args, cuts[w], cuts[w + 1]), range(workers)))
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
