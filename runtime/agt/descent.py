@@ -247,28 +247,29 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     c, pz = lg.clean, lg.poisoned if lg.poisoned is not None else lg.clean
     sq = lambda t: t[:, :, 0, :, 0]  # noqa: E731  [P, b, 1, r, 1] -> [P, b, r]
     a_c, blo_c, bhi_c = _split_factors(sq(c.g_lo), sq(c.g_hi), sq(c.x_lo), sq(c.x_hi), c.x_lo is c.x_hi)
-    a_p, blo_p, bhi_p = _split_factors(sq(pz.g_lo), sq(pz.g_hi), sq(pz.x_lo), sq(pz.x_hi), pz.x_lo is pz.x_hi)
     p, b, out = a_c.shape[:3]
     kmax = max(adv.k)
     sum_lo = _factored_sum(a_c, blo_c).flatten(1)
     sum_hi = _factored_sum(a_c, bhi_c).flatten(1)
-    # per-sample differences in float32: the caller's a-priori term covers their rounding
-    lhs = torch.cat((a_p.to(torch.float32), -a_c.to(torch.float32)), -1)
-    q = max(blo_p.shape[0], blo_c.shape[0])
-
-    def rhs(bp: Tensor, bc: Tensor) -> Tensor:  # [Q, b, R~ + R, in]: the layout both top-k paths multiply with
-        parts = [t.to(torch.float32).transpose(-1, -2) for t in (bp, bc)]
-        return torch.cat([t.expand(q, *t.shape[1:]) for t in parts], -2)
-
-    rhs_hi, rhs_lo = rhs(bhi_p, bhi_c), rhs(blo_p, blo_c)
-    if lhs.device.type == "cpu":
-        top_hi, top_lo = outer_topk(lhs, rhs_hi, rhs_lo, adv.untrusted, kmax)
-    else:
-        top_hi, top_lo = _streamed_topk(lhs, rhs_hi, rhs_lo, adv.untrusted, kmax)
+    # per-sample differences in float32 (the caller's a-priori term covers their rounding), one budget
+    # point at a time so that only one point's [b, R, in] factors exist at once; the poisoned factors
+    # only feed them, so they are split in float32 directly (clamps commute with rounding)
+    tops, mags = [], []
+    for q in range(p):
+        pick = lambda t: t[q:q + 1] if t.shape[0] > 1 else t  # noqa: E731
+        f32 = lambda t: pick(sq(t)).to(torch.float32)  # noqa: E731
+        a_p, blo_p, bhi_p = _split_factors(f32(pz.g_lo), f32(pz.g_hi), f32(pz.x_lo), f32(pz.x_hi), pz.x_lo is pz.x_hi)
+        lhs = torch.cat((a_p, -a_c[q:q + 1].to(torch.float32)), -1)
+        rhs = [torch.cat((bp.transpose(-1, -2), pick(bc).to(torch.float32).transpose(-1, -2)), -2)
+               for bp, bc in ((bhi_p, bhi_c), (blo_p, blo_c))]  # [1, b, R~ + R, in]
+        del a_p, blo_p, bhi_p
+        topk = outer_topk if lhs.device.type == "cpu" else _streamed_topk
+        tops.append(topk(lhs, *rhs, adv.untrusted, kmax))
+        mags.append(sum(torch.maximum(t.amax(), -t.amin()) for t in (lhs, *rhs)).to(sum_lo.dtype))
+    top_hi, top_lo = torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops])
     # float32 underflow, summed over the batch: R products per sample, each flushed (< 2**-126) or
     # gradual, and the conversion of tiny inputs (< 2**-150 times the other factor)
-    mags = lhs.abs().amax() + rhs_hi.abs().amax() + rhs_lo.abs().amax()
-    tiny = b * lhs.shape[-1] * (2.0 ** -125 + 2.0 ** -149 * mags)
+    tiny = b * lhs.shape[-1] * (2.0 ** -125 + 2.0 ** -149 * torch.stack(mags).amax())
     lo = sum_lo + _select_sum(top_lo.to(sum_lo.dtype), adv.k, False) - tiny
     hi = sum_hi + _select_sum(top_hi.to(sum_hi.dtype), adv.k, True) + tiny
     if lg.bias:

@@ -117,8 +117,7 @@ def outer_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | None,
     p, _, o, r = lhs.shape
     j = rhs_hi.shape[3]
     mag_l = lhs.abs()
-    beta_hi = rhs_hi.abs().amax(2).amax(1)  # [Q, J]
-    beta_lo = rhs_lo.abs().amax(2).amax(1)
+    beta_hi, beta_lo = (torch.maximum(t.amax((1, 2)), -t.amin((1, 2))) for t in (rhs_hi, rhs_lo))  # [Q, J]
     big = mag_l.amax() * torch.maximum(beta_hi.amax(), beta_lo.amax()) * r
     if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
         inf = torch.full((p, kmax, o * j), math.inf)
