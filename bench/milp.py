@@ -4,8 +4,10 @@ Synthetic votes shaped like the thesis's CIFAR-10 setting (M = 50 members, 10 cl
 accuracy ~0.65 with correlated errors, ensemble accuracy ~0.7): each test point has a difficulty
 (the probability that a member is right) and a confusing class that wrong members favour.
 FA: M = 50, d = 16 (800 members and partitions). Single-threaded HiGHS. Prints pcert's time next to the thesis's Gurobi time.
+``auto`` solves the DPA cases by branch-and-bound over poisoned member sets (one core) and FA by
+enumeration or the MILP; ``--solver milp`` times HiGHS alone.
 
-    python bench/milp.py [--solver auto|milp|enumerate] [--cases dpa3,dpa5,dpa10,dpa20,fa] [--fa-k 10]
+    python bench/milp.py [--solver auto|milp|enumerate|branch_bound] [--cases dpa3,dpa5,dpa10,dpa20,fa] [--fa-k 10]
 """
 from __future__ import annotations
 

@@ -240,13 +240,18 @@ def test_bad_input_is_a_data_error(kwargs, match):
 
 
 def test_auto_picks_enumeration_for_small_budgets_and_milp_for_large():
+    """With R > 0 (no branch-and-bound) auto estimates the enumeration's work; with R = 0 it searches."""
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 4, 80)
     votes = np.where(rng.uniform(size=(80, 30)) < 0.45, labels[:, None], rng.integers(0, 4, (80, 30)))
-    small = certify_multi_sample(votes, labels, 3, num_classes=4)
+    R = np.ones_like(votes)
+    small = certify_multi_sample(votes, labels, 3, R=R, num_classes=4)
     assert small.batches[0].method == "enumerate" and small.batches[0].conditioned > 0
-    exact = certify_multi_sample(votes, labels, 3, num_classes=4, solver="milp")
+    exact = certify_multi_sample(votes, labels, 3, R=R, num_classes=4, solver="milp")
     assert exact.certified_count == small.certified_count
-    large = certify_multi_sample(votes, labels, 12, num_classes=4, time_limit=2.0)
+    large = certify_multi_sample(votes, labels, 12, R=R, num_classes=4, time_limit=2.0)
     assert large.batches[0].method == "milp"
     assert large.batches[0].dual_bound >= large.batches[0].incumbent
+    free = certify_multi_sample(votes, labels, 3, num_classes=4)
+    assert free.batches[0].method == "branch_bound"
+    assert free.certified_count == certify_multi_sample(votes, labels, 3, num_classes=4, solver="milp").certified_count
