@@ -132,7 +132,7 @@ class CertifySpec(Strict):
     kind: Literal["per_sample", "multi_sample"] = "per_sample"
     batch: int | None = None           # multi_sample: test points per MILP
     time_limit: float | None = None    # seconds
-    solver: Literal["auto", "milp", "enumerate"] = "auto"
+    solver: Literal["auto", "milp", "enumerate", "branch_bound"] = "auto"
 
 
 class ExecutorSpec(Strict):

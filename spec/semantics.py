@@ -201,6 +201,10 @@ class _Rules:
         c = spec.certify
         if c.batch is not None and c.batch < 1:
             self.err("certify.batch", f"certify.batch must be >= 1, got {c.batch}")
+        if c.solver == "branch_bound" and ((e is not None and e.kind == "fa") or spec.member.kind == "agt"):
+            self.err("certify.solver", "solver branch_bound searches sets of poisoned members: it needs DPA or DPA* "
+                     "with plain members (one poisoned point flips a member)",
+                     "write 'solver: auto' (it picks branch-and-bound wherever it applies)")
         if c.time_limit is not None and not c.time_limit > 0:
             self.err("certify.time_limit", f"certify.time_limit must be > 0, got {c.time_limit}")
         if spec.executor.workers is not None and spec.executor.workers < 1:

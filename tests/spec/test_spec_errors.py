@@ -71,6 +71,7 @@ CASES = [
     ("fa_spread", sub(E, "ensemble fa { members: 50, spread: 16 }", "ensemble fa { members: 50 }"), "pcert", 5, 1, "ensemble fa needs 'spread'"),
     ("dpa_star_seeds", sub(E, "ensemble fa { members: 50, spread: 16 }", "ensemble dpa_star { members: 50 }"), "pcert", 5, 1, "ensemble dpa_star needs 'seeds'"),
     ("scores_path", sub(E, "ensemble fa { members: 50, spread: 16 }", "ensemble scores"), "pcert", 5, 1, "ensemble scores needs 'path'"),
+    ("bb_fa", sub(E, "solver: auto", "solver: branch_bound"), "pcert", 8, 61, "solver branch_bound searches sets of poisoned members"),
     ("general_no_ens", sub(P, "threat bounded {\n  features { n: [0, 1, 5, 10], eps: 0.01, norm: inf }   # a list is a sweep\n  labels   { m: 0, nu: 1, norm: 0 }                      # norm 0 = label flipping\n}", "threat general { K: [1, 5, 10] }").replace(" at n = 10", ""), "pcert", 5, 1, "a general threat (K poisoned partitions) needs an ensemble"),
     ("gate_metric", sub(P, "gate nominal_accuracy", "gate worst_case_mse <= 1\ngate nominal_accuracy"), "pcert", 14, 6, "this spec does not produce metric 'worst_case_mse'"),
     ("gate_metric_typo", sub(P, "gate certified_accuracy", "gate certifed_accuracy"), "pcert", 13, 6, "this spec does not produce metric 'certifed_accuracy'"),
