@@ -118,6 +118,9 @@ def matmul_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -> Bou
     return linear_bounds(x_lo, x_hi, w_lo, w_hi, None, None)
 
 
+_SPLIT_CHUNK = 1 << 23  # input values per sign-split chunk (64 MB in float64)
+
+
 def _sign_split_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -> Bounds:
     """Bounds of x @ W^T from sign splits, as one matmul (no rounding terms: see linear_bounds).
 
@@ -126,10 +129,17 @@ def _sign_split_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -
     lo = x+_lo W+_lo + x+_hi W-_lo + x-_lo W+_hi + x-_hi W-_hi, hi symmetric. Each term is exact
     when x_j or W_j is sign-definite (e.g. after a relu); the caller intersects with Rump's form.
     """
-    x4 = torch.cat((x_lo.clamp(min=0), x_hi.clamp(min=0), x_lo.clamp(max=0), x_hi.clamp(max=0)), -1)
     c, d, e, f = w_lo.clamp(min=0), w_hi.clamp(min=0), w_lo.clamp(max=0), w_hi.clamp(max=0)
-    w8 = torch.cat((torch.cat((c, e, d, f), -1), torch.cat((f, d, e, c), -1)), -2)
-    y = torch.matmul(x4, w8.transpose(-1, -2))
+    w8 = torch.cat((torch.cat((c, e, d, f), -1), torch.cat((f, d, e, c), -1)), -2).transpose(-1, -2)
+    x_lo, x_hi = torch.broadcast_tensors(x_lo, x_hi)
+    rows = x_lo.shape[-2] if x_lo.dim() > 1 else 1
+    step = max(1, _SPLIT_CHUNK * rows // max(1, 4 * x_lo.numel()))  # rows per chunk: x4 stays ~_SPLIT_CHUNK values
+    parts = []
+    for r in range(0, rows, step):
+        lo, hi = (x_lo[..., r:r + step, :], x_hi[..., r:r + step, :]) if x_lo.dim() > 1 else (x_lo, x_hi)
+        x4 = torch.cat((lo.clamp(min=0), hi.clamp(min=0), lo.clamp(max=0), hi.clamp(max=0)), -1)
+        parts.append(torch.matmul(x4, w8))
+    y = parts[0] if len(parts) == 1 else torch.cat(parts, -2)
     out = w_lo.shape[-2]
     return y[..., :out], y[..., out:]
 
