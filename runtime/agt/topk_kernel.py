@@ -23,6 +23,20 @@ _FINITE_CAP = 1e36  # |d| stays far below float32 overflow, so no inf or NaN ari
 BLOCK = 8  # outputs per task: one pass over a sample's rhs rows serves all of them
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _replace_smallest(best: np.ndarray, base: int, kmax: int, v: float) -> float:
+    """Replace the smallest of best[base:base + kmax] by v; return the new smallest (the row's threshold)."""
+    at = base
+    for c in range(base + 1, base + kmax):
+        if best[c] < best[at]:
+            at = c
+    best[at] = v
+    low = best[base]
+    for c in range(base + 1, base + kmax):
+        low = min(low, best[c])
+    return low
+
+
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
 def _kernel(lhs, rhs_hi, rhs_lo, order, alpha, rest, beta_hi, beta_lo, kmax, block, out_hi, out_lo,
             first, last):  # pragma: no cover
@@ -77,28 +91,10 @@ def _kernel(lhs, rhs_hi, rhs_lo, order, alpha, rest, beta_hi, beta_lo, kmax, blo
                     if hits == 0:
                         continue
                     for j in range(j0, j1):
-                        if v_hi[j] > th_hi[t0 + j]:  # replace the smallest kept value, find the new one
-                            base = (t0 + j) * kmax
-                            at = base
-                            for c in range(base + 1, base + kmax):
-                                if best_hi[c] < best_hi[at]:
-                                    at = c
-                            best_hi[at] = v_hi[j]
-                            low = best_hi[base]
-                            for c in range(base + 1, base + kmax):
-                                low = min(low, best_hi[c])
-                            th_hi[t0 + j] = low
-                        if v_lo[j] > th_lo[t0 + j]:  # replace the smallest kept value, find the new one
-                            base = (t0 + j) * kmax
-                            at = base
-                            for c in range(base + 1, base + kmax):
-                                if best_lo[c] < best_lo[at]:
-                                    at = c
-                            best_lo[at] = v_lo[j]
-                            low = best_lo[base]
-                            for c in range(base + 1, base + kmax):
-                                low = min(low, best_lo[c])
-                            th_lo[t0 + j] = low
+                        if v_hi[j] > th_hi[t0 + j]:
+                            th_hi[t0 + j] = _replace_smallest(best_hi, (t0 + j) * kmax, kmax, v_hi[j])
+                        if v_lo[j] > th_lo[t0 + j]:
+                            th_lo[t0 + j] = _replace_smallest(best_lo, (t0 + j) * kmax, kmax, v_lo[j])
         for u in range(ob):
             for j in range(j_n):
                 for kk in range(kmax):
