@@ -6,8 +6,9 @@ adversary replaces a point by anything, i.e. U~_i = kappa after clipping (Thm B.
 SEMax_{b-n}{U} + n kappa = sum U + SEMax_n{kappa - U}). Any per-sample bounds U_i work as long
 as the sum and the differences use the same ones. Without clipping the sums are matmuls over
 (batch x positions): Rump's form, or for linear layers the sign-split products whose per-sample
-differences are one batched matmul per chunk. The top-k streams the batch in chunks with a running
-torch.topk (memory ~(k + chunk) x |theta| per budget point); differences are clamped at 0, since
+differences (float32, own a-priori term) go through a fused top-k kernel (topk_kernel.py). Other
+layers stream the batch in chunks with a running torch.topk (memory ~(k + chunk) x |theta| per
+budget point); differences are clamped at 0, since
 the adversary may leave a point alone. Floating-point error of everything computed outside
 interval.py is bounded a priori by gamma * sum_i |G_i| |X_i|^T (one more matmul).
 """
@@ -167,15 +168,16 @@ def _select_sum(best: Tensor | None, k: list[int], largest: bool) -> Tensor:
 
 
 class RunningTopK:
-    """Per-coordinate k largest (or smallest) values over streamed chunks [P, c, F]: memory ~(k + c) F."""
+    """Per-coordinate k largest (or smallest) values over chunks streamed along ``dim``: memory ~(k + c) F."""
 
-    def __init__(self, k: int, largest: bool) -> None:
-        self.k, self.largest = k, largest
-        self.best: Tensor | None = None  # [P, <=k, F]
+    def __init__(self, k: int, largest: bool, dim: int = 1) -> None:
+        self.k, self.largest, self.dim = k, largest, dim
+        self.best: Tensor | None = None  # [P, <=k, F] for dim 1
 
     def add(self, d: Tensor) -> None:
-        cat = d if self.best is None else torch.cat((self.best, d), 1)
-        self.best = cat if cat.shape[1] <= self.k else cat.topk(self.k, dim=1, largest=self.largest, sorted=False).values
+        cat = d if self.best is None else torch.cat((self.best, d), self.dim)
+        self.best = cat if cat.shape[self.dim] <= self.k else cat.topk(self.k, dim=self.dim, largest=self.largest,
+                                                                        sorted=False).values
 
     def values(self) -> Tensor | None:
         return self.best
@@ -209,40 +211,33 @@ def _streamed_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | N
     Each chunk is laid out [P, F, c] so the top-k reduces along the contiguous axis; chunks are large
     on accelerators (memory is cheap there, kernel launches are not).
     """
+    p, b, out = lhs.shape[:3]
     per_chunk = CHUNK_ELEMENTS * (16 if lhs.device.type != "cpu" else 1)
+    best_hi, best_lo = RunningTopK(kmax, True, dim=2), RunningTopK(kmax, False, dim=2)
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # TF32 would round far outside the a-priori term
     try:
-        return _streamed_chunks(lhs, rhs_hi, rhs_lo, keep, kmax, per_chunk)
+        for sl in _chunks(b, 2 * p * out * rhs_hi.shape[3], per_chunk):
+            left = lhs[:, sl]
+            d_hi = torch.matmul(left, rhs_hi[:, sl]).flatten(2).transpose(1, 2).clamp(min=0.0)
+            d_lo = torch.matmul(left, rhs_lo[:, sl]).flatten(2).transpose(1, 2).clamp(max=0.0)
+            d_hi, d_lo = torch.nan_to_num(d_hi, nan=math.inf), torch.nan_to_num(d_lo, nan=-math.inf)  # [P, F, c]
+            if keep is not None:
+                d_hi = torch.where(keep[sl], d_hi, -math.inf)
+                d_lo = torch.where(keep[sl], d_lo, math.inf)
+            best_hi.add(d_hi)
+            best_lo.add(d_lo)
     finally:
         torch.set_float32_matmul_precision(precision)
-
-
-def _streamed_chunks(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | None, kmax: int,
-                     per_chunk: int) -> Bounds:
-    p, b, out = lhs.shape[:3]
-    best_hi = best_lo = None
-    for sl in _chunks(b, 2 * p * out * rhs_hi.shape[3], per_chunk):
-        left = lhs[:, sl]
-        d_hi = torch.matmul(left, rhs_hi[:, sl]).flatten(2).transpose(1, 2).clamp(min=0.0)
-        d_lo = torch.matmul(left, rhs_lo[:, sl]).flatten(2).transpose(1, 2).clamp(max=0.0)
-        d_hi, d_lo = torch.nan_to_num(d_hi, nan=math.inf), torch.nan_to_num(d_lo, nan=-math.inf)  # [P, F, c]
-        if keep is not None:
-            d_hi = torch.where(keep[sl], d_hi, -math.inf)
-            d_lo = torch.where(keep[sl], d_lo, math.inf)
-        if best_hi is not None:
-            d_hi, d_lo = torch.cat((best_hi, d_hi), 2), torch.cat((best_lo, d_lo), 2)
-        k = min(kmax, d_hi.shape[2])
-        best_hi = d_hi.topk(k, 2, largest=True, sorted=False).values
-        best_lo = d_lo.topk(k, 2, largest=False, sorted=False).values
-    return best_hi.transpose(1, 2), best_lo.transpose(1, 2)
+    return best_hi.values().transpose(1, 2), best_lo.values().transpose(1, 2)
 
 
 def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     """Thm 3.3 / B.1 sums plus top-k for a linear layer without clipping, from factored bounds.
 
-    Per-sample differences U~_i - U_i are one batched matmul per chunk of samples (rank <= 8),
-    instead of many element-wise passes over batch x |W|.
+    Per-sample differences U~_i - U_i are rank <= 8 products of the sign-split factors; their top-k
+    runs in the fused CPU kernel (``outer_topk``) or by chunked matmuls on an accelerator, never as
+    batch x |W| tensors in full.
     """
     c, pz = lg.clean, lg.poisoned if lg.poisoned is not None else lg.clean
     sq = lambda t: t[:, :, 0, :, 0]  # noqa: E731  [P, b, 1, r, 1] -> [P, b, r]
@@ -254,14 +249,15 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     # per-sample differences in float32 (the caller's a-priori term covers their rounding), one budget
     # point at a time so that only one point's [b, R, in] factors exist at once; the poisoned factors
     # only feed them, so they are split in float32 directly (clamps commute with rounding)
+    clean_rhs = [bc.to(torch.float32).transpose(-1, -2) for bc in (bhi_c, blo_c)]  # [P|1, b, R, in]
     tops, mags = [], []
     for q in range(p):
         pick = lambda t: t[q:q + 1] if t.shape[0] > 1 else t  # noqa: E731
         f32 = lambda t: pick(sq(t)).to(torch.float32)  # noqa: E731
         a_p, blo_p, bhi_p = _split_factors(f32(pz.g_lo), f32(pz.g_hi), f32(pz.x_lo), f32(pz.x_hi), pz.x_lo is pz.x_hi)
         lhs = torch.cat((a_p, -a_c[q:q + 1].to(torch.float32)), -1)
-        rhs = [torch.cat((bp.transpose(-1, -2), pick(bc).to(torch.float32).transpose(-1, -2)), -2)
-               for bp, bc in ((bhi_p, bhi_c), (blo_p, blo_c))]  # [1, b, R~ + R, in]
+        rhs = [torch.cat((bp.transpose(-1, -2), pick(bc)), -2)
+               for bp, bc in zip((bhi_p, blo_p), clean_rhs)]  # [1, b, R~ + R, in]
         del a_p, blo_p, bhi_p
         topk = outer_topk if lhs.device.type == "cpu" else _streamed_topk
         tops.append(topk(lhs, *rhs, adv.untrusted, kmax))

@@ -132,13 +132,12 @@ def _sign_split_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -
     c, d, e, f = w_lo.clamp(min=0), w_hi.clamp(min=0), w_lo.clamp(max=0), w_hi.clamp(max=0)
     w8 = torch.cat((torch.cat((c, e, d, f), -1), torch.cat((f, d, e, c), -1)), -2).transpose(-1, -2)
     x_lo, x_hi = torch.broadcast_tensors(x_lo, x_hi)
-    rows = x_lo.shape[-2] if x_lo.dim() > 1 else 1
-    step = max(1, _SPLIT_CHUNK * rows // max(1, 4 * x_lo.numel()))  # rows per chunk: x4 stays ~_SPLIT_CHUNK values
-    parts = []
-    for r in range(0, rows, step):
-        lo, hi = (x_lo[..., r:r + step, :], x_hi[..., r:r + step, :]) if x_lo.dim() > 1 else (x_lo, x_hi)
-        x4 = torch.cat((lo.clamp(min=0), hi.clamp(min=0), lo.clamp(max=0), hi.clamp(max=0)), -1)
-        parts.append(torch.matmul(x4, w8))
+    pieces = [(x_lo, x_hi)]
+    if x_lo.dim() > 1:  # row chunks: x4 stays ~_SPLIT_CHUNK values
+        step = max(1, _SPLIT_CHUNK * x_lo.shape[-2] // max(1, 4 * x_lo.numel()))
+        pieces = list(zip(x_lo.split(step, -2), x_hi.split(step, -2)))
+    parts = [torch.matmul(torch.cat((lo.clamp(min=0), hi.clamp(min=0), lo.clamp(max=0), hi.clamp(max=0)), -1), w8)
+             for lo, hi in pieces]
     y = parts[0] if len(parts) == 1 else torch.cat(parts, -2)
     out = w_lo.shape[-2]
     return y[..., :out], y[..., out:]
