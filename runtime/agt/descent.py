@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pcert.compiler.graph import Layer
@@ -183,44 +184,58 @@ class RunningTopK:
         return self.best
 
 
-def _split_factors(g_lo: Tensor, g_hi: Tensor, x_lo: Tensor, x_hi: Tensor, exact_x: bool):
-    """Per-sample product bounds of g (x) x as sums of outer products: lo_i = A_i B_lo_i^T, hi_i = A_i B_hi_i^T.
+def _sign_split_coefs(g_lo: Tensor, g_hi: Tensor, x_lo: Tensor, x_hi: Tensor,
+                      exact_x: bool) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Per-sample product bounds of g (x) x in sign-split form over the distinct input rows u_m:
 
-    The sign split of both factors (see interval._sign_split_bounds) gives rank 4 (rank 2 for an
-    exact x); it is the exact interval product wherever g_o or x_j is sign-definite.
-    g [P, b, out], x [P|1, b, in]; returns A [P, b, out, R], B_lo and B_hi [P|1, b, in, R].
+    lo_i[o, j] = sum_m c_lo[i, o, m, 0] max(u_m[i, j], 0) + c_lo[i, o, m, 1] min(u_m[i, j], 0), hi alike.
+    Splitting both factors into non-negative and non-positive parts makes every term linear in the end
+    points (the exact interval product wherever g_o or x_j is sign-definite); an exact x gives one row.
+    g [P, b, out], x [P|1, b, in]; returns rows ([x] or [x_lo, x_hi]) and c_lo, c_hi [P, b, out, M, 2].
     """
-    xp_l, xp_h, xn_l, xn_h = x_lo.clamp(min=0), x_hi.clamp(min=0), x_lo.clamp(max=0), x_hi.clamp(max=0)
     if exact_x:
-        return torch.stack((g_lo, g_hi), -1), torch.stack((xp_l, xn_l), -1), torch.stack((xn_l, xp_l), -1)
-    a = torch.stack((g_lo.clamp(min=0), g_hi.clamp(min=0), g_lo.clamp(max=0), g_hi.clamp(max=0)), -1)
-    return a, torch.stack((xp_l, xn_l, xp_h, xn_h), -1), torch.stack((xn_h, xp_h, xn_l, xp_l), -1)
+        return [x_lo], torch.stack((g_lo, g_hi), -1).unsqueeze(-2), torch.stack((g_hi, g_lo), -1).unsqueeze(-2)
+    gp_l, gp_h, gn_l, gn_h = g_lo.clamp(min=0), g_hi.clamp(min=0), g_lo.clamp(max=0), g_hi.clamp(max=0)
+    c_lo = torch.stack((torch.stack((gp_l, gp_h), -1), torch.stack((gn_l, gn_h), -1)), -2)
+    c_hi = torch.stack((torch.stack((gn_h, gn_l), -1), torch.stack((gp_h, gp_l), -1)), -2)
+    return [x_lo, x_hi], c_lo, c_hi
 
 
-def _factored_sum(a: Tensor, bf: Tensor) -> Tensor:
-    """sum_i A_i B_i^T over the batch and the rank axis, as one matmul: [P, out, in]."""
-    p, b, o, r = a.shape
-    lhs = a.permute(0, 2, 1, 3).reshape(p, o, b * r)
-    rhs = bf.permute(0, 2, 1, 3).reshape(bf.shape[0], bf.shape[2], b * r)
-    return torch.matmul(lhs, rhs.transpose(-1, -2))
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Equal rows are merged by value, so a sweep point computes exactly what it computes alone."""
+    return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
 
 
-def _streamed_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | None, kmax: int) -> Bounds:
+def _signed_rows(rows: Tensor) -> Tensor:
+    """[Q, b, M, J] -> [Q, b, 2M, J]: max(u, 0) and min(u, 0) interleaved, the order of the coefficients."""
+    return torch.stack((rows.clamp(min=0), rows.clamp(max=0)), 3).flatten(2, 3)
+
+
+def _factored_sum(coef: Tensor, rows: Tensor) -> Tensor:
+    """sum_i of the sign-split products over the batch and the rows, as one matmul: [P, out, in]."""
+    p, b, o = coef.shape[:3]
+    lhs = coef.reshape(p, b, o, -1).permute(0, 2, 1, 3).reshape(p, o, -1)
+    rhs = _signed_rows(rows).reshape(rows.shape[0], -1, rows.shape[3])
+    return torch.matmul(lhs, rhs)
+
+
+def _streamed_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | None, kmax: int) -> Bounds:
     """Torch counterpart of ``outer_topk`` (GPU): per-sample differences by chunked matmuls, running top-k.
 
     Each chunk is laid out [P, F, c] so the top-k reduces along the contiguous axis; chunks are large
     on accelerators (memory is cheap there, kernel launches are not).
     """
-    p, b, out = lhs.shape[:3]
-    per_chunk = CHUNK_ELEMENTS * (16 if lhs.device.type != "cpu" else 1)
+    p, b, out = coef_hi.shape[:3]
+    lhs_hi, lhs_lo = coef_hi.reshape(p, b, out, -1), coef_lo.reshape(p, b, out, -1)
+    rhs = _signed_rows(rows)
+    per_chunk = CHUNK_ELEMENTS * (16 if rows.device.type != "cpu" else 1)
     best_hi, best_lo = RunningTopK(kmax, True, dim=2), RunningTopK(kmax, False, dim=2)
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # TF32 would round far outside the a-priori term
     try:
-        for sl in _chunks(b, 2 * p * out * rhs_hi.shape[3], per_chunk):
-            left = lhs[:, sl]
-            d_hi = torch.matmul(left, rhs_hi[:, sl]).flatten(2).transpose(1, 2).clamp(min=0.0)
-            d_lo = torch.matmul(left, rhs_lo[:, sl]).flatten(2).transpose(1, 2).clamp(max=0.0)
+        for sl in _chunks(b, 2 * p * out * rows.shape[3], per_chunk):
+            d_hi = torch.matmul(lhs_hi[:, sl], rhs[:, sl]).flatten(2).transpose(1, 2).clamp(min=0.0)
+            d_lo = torch.matmul(lhs_lo[:, sl], rhs[:, sl]).flatten(2).transpose(1, 2).clamp(max=0.0)
             d_hi, d_lo = torch.nan_to_num(d_hi, nan=math.inf), torch.nan_to_num(d_lo, nan=-math.inf)  # [P, F, c]
             if keep is not None:
                 d_hi = torch.where(keep[sl], d_hi, -math.inf)
@@ -232,42 +247,69 @@ def _streamed_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | N
     return best_hi.values().transpose(1, 2), best_lo.values().transpose(1, 2)
 
 
-def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
-    """Thm 3.3 / B.1 sums plus top-k for a linear layer without clipping, from factored bounds.
+def _difference_coefs(clean: tuple, poisoned: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """Coefficients of U~_i - U_i (hi) and L~_i - L_i (lo) over the union of both factors' rows.
 
-    Per-sample differences U~_i - U_i are rank <= 8 products of the sign-split factors; their top-k
+    A row the clean and the poisoned factors share (labels poisoned, features not) is listed once,
+    with the coefficient difference, so the kernel reads and multiplies it once.
+    """
+    (rows_c, lo_c, hi_c), (rows_p, lo_p, hi_p) = clean, poisoned
+    rows, c_lo, c_hi = list(rows_p), list(lo_p.unbind(-2)), list(hi_p.unbind(-2))
+    for m, row in enumerate(rows_c):
+        hit = next((n for n, r in enumerate(rows_p) if _same(r, row)), None)
+        if hit is None:
+            rows.append(row)
+            c_lo.append(-lo_c[..., m, :])
+            c_hi.append(-hi_c[..., m, :])
+        else:
+            c_lo[hit] = c_lo[hit] - lo_c[..., m, :]
+            c_hi[hit] = c_hi[hit] - hi_c[..., m, :]
+    return torch.stack(rows, 2), torch.stack(c_lo, -2), torch.stack(c_hi, -2)
+
+
+def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
+    """Thm 3.3 / B.1 sums plus top-k for a linear layer without clipping, from sign-split coefficients.
+
+    Per-sample differences U~_i - U_i are sign-split products over at most 4 input rows; their top-k
     runs in the fused CPU kernel (``outer_topk``) or by chunked matmuls on an accelerator, never as
-    batch x |W| tensors in full.
+    batch x |W| tensors in full. Returns the bounds without the a-priori rounding term (see
+    ``_linear_error``).
     """
     c, pz = lg.clean, lg.poisoned if lg.poisoned is not None else lg.clean
     sq = lambda t: t[:, :, 0, :, 0]  # noqa: E731  [P, b, 1, r, 1] -> [P, b, r]
-    a_c, blo_c, bhi_c = _split_factors(sq(c.g_lo), sq(c.g_hi), sq(c.x_lo), sq(c.x_hi), c.x_lo is c.x_hi)
-    p, b, out = a_c.shape[:3]
+    rows_c, lo_c, hi_c = _sign_split_coefs(sq(c.g_lo), sq(c.g_hi), sq(c.x_lo), sq(c.x_hi), c.x_lo is c.x_hi)
+    p = lo_c.shape[0]
     kmax = max(adv.k)
-    sum_lo = _factored_sum(a_c, blo_c).flatten(1)
-    sum_hi = _factored_sum(a_c, bhi_c).flatten(1)
+    if len(rows_c) == 1:  # exact input: the bounds are mid (x) x +- rad (x) |x| (Rump's form), two matmuls
+        x = rows_c[0]
+        g_mid, g_rad = (sq(c.g_hi) + sq(c.g_lo)) * 0.5, (sq(c.g_hi) - sq(c.g_lo)) * 0.5
+        s_mid = torch.matmul(g_mid.transpose(1, 2), x).flatten(1)
+        s_rad = torch.matmul(g_rad.transpose(1, 2), x.abs()).flatten(1)
+        sum_lo, sum_hi = s_mid - s_rad, s_mid + s_rad
+    else:
+        stacked = torch.stack(rows_c, 2)
+        sum_lo = _factored_sum(lo_c, stacked).flatten(1)
+        sum_hi = _factored_sum(hi_c, stacked).flatten(1)
     # per-sample differences in float32 (the caller's a-priori term covers their rounding), one budget
-    # point at a time so that only one point's [b, R, in] factors exist at once; the poisoned factors
-    # only feed them, so they are split in float32 directly (clamps commute with rounding)
-    clean_rhs = [bc.to(torch.float32).transpose(-1, -2) for bc in (bhi_c, blo_c)]  # [P|1, b, R, in]
-    tops, mags = [], []
+    # point at a time so that only one point's coefficients exist at once
+    tops = []
     for q in range(p):
         pick = lambda t: t[q:q + 1] if t.shape[0] > 1 else t  # noqa: E731
-        f32 = lambda t: pick(sq(t)).to(torch.float32)  # noqa: E731
-        a_p, blo_p, bhi_p = _split_factors(f32(pz.g_lo), f32(pz.g_hi), f32(pz.x_lo), f32(pz.x_hi), pz.x_lo is pz.x_hi)
-        lhs = torch.cat((a_p, -a_c[q:q + 1].to(torch.float32)), -1)
-        rhs = [torch.cat((bp.transpose(-1, -2), pick(bc)), -2)
-               for bp, bc in zip((bhi_p, blo_p), clean_rhs)]  # [1, b, R~ + R, in]
-        del a_p, blo_p, bhi_p
-        topk = outer_topk if lhs.device.type == "cpu" else _streamed_topk
-        tops.append(topk(lhs, *rhs, adv.untrusted, kmax))
-        mags.append(sum(torch.maximum(t.amax(), -t.amin()) for t in (lhs, *rhs)).to(sum_lo.dtype))
+        clean = ([pick(r) for r in rows_c], lo_c[q:q + 1], hi_c[q:q + 1])
+        g_lo, g_hi, x_lo, x_hi = (pick(sq(t)) for t in (pz.g_lo, pz.g_hi, pz.x_lo, pz.x_hi))
+        poisoned = _sign_split_coefs(g_lo, g_hi, x_lo, x_hi, _same(x_lo, x_hi))
+        rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
+        k = adv.k[q]
+        if k == 0:  # not attacked: _select_sum gives 0
+            tops.append((torch.zeros(1, kmax, sum_lo.shape[1], device=sum_lo.device),) * 2)
+            continue
+        topk = outer_topk if rows.device.type == "cpu" else _streamed_topk
+        t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # this point's own k: fewer inserts, earlier exits
+        pad = (0, 0, 0, kmax - k)  # slots past k never enter this point's top-k sum
+        tops.append((F.pad(t_hi, pad, value=-math.inf), F.pad(t_lo, pad, value=math.inf)))
     top_hi, top_lo = torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops])
-    # float32 underflow, summed over the batch: R products per sample, each flushed (< 2**-126) or
-    # gradual, and the conversion of tiny inputs (< 2**-150 times the other factor)
-    tiny = b * lhs.shape[-1] * (2.0 ** -125 + 2.0 ** -149 * torch.stack(mags).amax())
-    lo = sum_lo + _select_sum(top_lo.to(sum_lo.dtype), adv.k, False) - tiny
-    hi = sum_hi + _select_sum(top_hi.to(sum_hi.dtype), adv.k, True) + tiny
+    lo = sum_lo + _select_sum(top_lo.to(sum_lo.dtype), adv.k, False)
+    hi = sum_hi + _select_sum(top_hi.to(sum_hi.dtype), adv.k, True)
     if lg.bias:
         g_lo, g_hi, pg_lo, pg_hi = sq(c.g_lo), sq(c.g_hi), sq(pz.g_lo), sq(pz.g_hi)
         d_hi = torch.nan_to_num(pg_hi - g_hi, nan=math.inf).clamp(min=0.0)
@@ -282,6 +324,34 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
         lo = torch.cat((lo, g_lo.sum(1) + _select_sum(top_lo.values(), adv.k, False)), 1)
         hi = torch.cat((hi, g_hi.sum(1) + _select_sum(top_hi.values(), adv.k, True)), 1)
     return lo, hi
+
+
+def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
+    """A-priori rounding term of ``_linear_topk``, [P, F] (0 for points without a top-k).
+
+    Float64: the batch sums (<= 8 b terms, each within 2 |G_i||X_i|; for an exact input the
+    midpoint-radius form, equal to the sign-split form in exact arithmetic, with its rounded midpoint
+    and radius), the top-k totals and their addition. Float32: each kept per-sample difference (<= 8 products from rounded factors, within
+    2 |G_i||X_i|) plus underflow; only the k kept values enter the bound, and the computed top-k sum is
+    at least the sum of the computed values of the exact top-k set, so k times the largest per-sample
+    error suffices. |G_i||X_i| <= Gmax (x) Xmax (maxima over the batch, clean plus poisoned).
+    """
+    fs = [lg.clean] + ([lg.poisoned] if lg.poisoned is not None else [])
+    batch_max = lambda lo, hi: torch.maximum(hi.amax(1), -lo.amin(1))[:, 0, :, 0]  # noqa: E731  max_i |.|
+    g_max = sum(batch_max(f.g_lo, f.g_hi) for f in fs)  # [P, out]
+    x_max = sum(batch_max(f.x_lo, f.x_hi) for f in fs)  # [P|1, in]
+    b = lg.clean.g_lo.shape[1]
+    k = torch.tensor(adv.k, dtype=g_max.dtype, device=g_max.device).view(-1, 1, 1)
+    dtype = lg.clean.g_lo.dtype
+    rel = gamma(8 * b + max(adv.k) + 16, dtype) * 4 * b + gamma(8 + 2, torch.float32) * 2 * k
+    err = rel * g_max.unsqueeze(-1) * x_max.unsqueeze(-2)
+    # float32 underflow per kept value: 8 products, each flushed (< 2**-126) or gradual, and the
+    # conversion of tiny inputs (< 2**-150 times the other factor)
+    err = err + k * 8 * (2.0 ** -125 + 2.0 ** -149 * torch.maximum(g_max.amax(), x_max.amax()))
+    err = err.flatten(1)
+    if lg.bias:
+        err = torch.cat((err, gamma(b + max(adv.k) + 2, dtype) * 2 * b * g_max), 1)
+    return err * (k.view(-1, 1) > 0)
 
 
 def _nominal_sum(lg: LayerGrads) -> Tensor:
@@ -332,12 +402,9 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
             continue
         if kappa is None and single:
             lo, hi = _linear_topk(lg, adv)
+            err = _linear_error(lg, adv)
             if rump is not None:
                 lo, hi = torch.where(attacked, lo, rump[0]), torch.where(attacked, hi, rump[1])
-            # float64 sums and top-k totals, plus the float32 per-sample differences (rank <= 8, each term
-            # within 2 |G||X|; their errors summed over the whole batch)
-            rel = gamma(8 * b + kmax + 16, dtype) * 4 + gamma(8 + 2, torch.float32) * 2
-            err = rel * _mag_sum(lg) * attacked
             bounds.append(outward(lo - err, hi + err))
             continue
         best_hi, best_lo = RunningTopK(kmax, True), RunningTopK(kmax, False)

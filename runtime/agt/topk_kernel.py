@@ -1,12 +1,16 @@
-"""Fused per-coordinate top-k of rank-R per-sample products, on the CPU (numba).
+"""Fused per-coordinate top-k of per-sample sign-split products, on the CPU (numba).
 
 The poisoning term of a linear layer needs, for every weight (o, j), the k largest of
-d_i[o, j] = sum_r lhs[i, o, r] rhs[i, j, r] over the batch. Materialising d (batch x |W|) and
-running torch.topk costs hundreds of times a plain SGD step; this kernel streams samples per
-output row o in the order of a separable bound |d_i[o, j]| <= alpha_i[o] beta[j] and stops as soon
-as no remaining sample can enter any top-k (thresholds only grow, alpha only shrinks). Skipped
-samples are dominated by the k-th kept value, so the returned top-k sums bound the exact ones up
-to the float32 rounding of the kept values, which the caller covers a priori.
+d_i[o, j] = sum_m c_i[o, m, +] max(u_i[m, j], 0) + c_i[o, m, -] min(u_i[m, j], 0) over the batch,
+for an upper and a lower coefficient set c (u_i: the M distinct input rows of sample i, e.g. the
+clean x and the poisoned x_lo, x_hi; c: gradient-factor bounds, see descent._sign_split_coefs).
+Materialising d (batch x |W|) and running torch.topk costs hundreds of times a plain SGD step;
+this kernel reads each sample's M input rows once per block of outputs, splits their signs in
+registers, and streams samples per output block in the order of a separable bound
+|d_i[o, j]| <= alpha_i[o] beta[j], stopping as soon as no remaining sample can enter any top-k
+(thresholds only grow, alpha only shrinks). Skipped samples are dominated by the k-th kept value,
+so the returned top-k sums bound the exact ones up to the float32 rounding of the kept values,
+which the caller covers a priori.
 """
 from __future__ import annotations
 
@@ -24,25 +28,22 @@ BLOCK = 8  # outputs per task: one pass over a sample's rhs rows serves all of t
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _replace_smallest(best: np.ndarray, base: int, kmax: int, v: float) -> float:
-    """Replace the smallest of best[base:base + kmax] by v; return the new smallest (the row's threshold)."""
-    at = base
-    for c in range(base + 1, base + kmax):
-        if best[c] < best[at]:
-            at = c
-    best[at] = v
-    low = best[base]
-    for c in range(base + 1, base + kmax):
-        low = min(low, best[c])
-    return low
+def _insert(best: np.ndarray, base: int, kmax: int, v: float) -> float:
+    """Insert v into the descending best[base:base + kmax], dropping the last; return the new last (the threshold).
+
+    Branch-free: slot c takes max(best[c], min(best[c - 1], v)), which shifts the tail down past v.
+    """
+    for c in range(base + kmax - 1, base, -1):
+        best[c] = max(best[c], min(best[c - 1], v))
+    best[base] = max(best[base], v)
+    return best[base + kmax - 1]
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(lhs, rhs_hi, rhs_lo, order, alpha, rest, beta_hi, beta_lo, kmax, block, out_hi, out_lo,
-            first, last):  # pragma: no cover
-    """Tasks first..last-1 of (p, block of outputs): a sample's rhs rows are loaded once per block."""
-    p_n, o_n, b_n, r_n = lhs.shape
-    q_n, _, _, j_n = rhs_hi.shape
+def _kernel(coef, rows, order, alpha, rest, beta, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
+    """Tasks first..last-1 of (p, block of outputs); coef [P, O, b, 2 (hi, lo), M, 2 (+, -)], rows [Q, b, M, J]."""
+    p_n, o_n, b_n, _, m_n, _ = coef.shape
+    q_n, _, _, j_n = rows.shape
     n_blocks = (o_n + block - 1) // block
     for task in range(first, last):
         p, blk = task // n_blocks, task % n_blocks
@@ -64,7 +65,7 @@ def _kernel(lhs, rhs_hi, rhs_lo, order, alpha, rest, beta_hi, beta_lo, kmax, blo
                     if active[u]:
                         a = rest[p, o0 + u, step]
                         for j in range(j_n):
-                            if a * beta_hi[q, j] > th_hi[u * j_n + j] or a * beta_lo[q, j] > th_lo[u * j_n + j]:
+                            if a * beta[q, j] > th_hi[u * j_n + j] or a * beta[q, j] > th_lo[u * j_n + j]:
                                 break
                         else:
                             active[u] = False
@@ -76,25 +77,22 @@ def _kernel(lhs, rhs_hi, rhs_lo, order, alpha, rest, beta_hi, beta_lo, kmax, blo
                     continue
                 v_hi[:] = 0.0
                 v_lo[:] = 0.0
-                for r in range(r_n):
-                    lr = lhs[p, o0 + u, i, r]
-                    if lr != 0.0:
-                        for j in range(j_n):
-                            v_hi[j] += lr * rhs_hi[q, i, r, j]
-                            v_lo[j] -= lr * rhs_lo[q, i, r, j]
-                t0 = u * j_n
-                for j0 in range(0, j_n, 16):  # branch-free test per 16 weights; inserts are rare
-                    j1 = min(j0 + 16, j_n)
-                    hits = 0
-                    for j in range(j0, j1):
-                        hits += (v_hi[j] > th_hi[t0 + j]) + (v_lo[j] > th_lo[t0 + j])
-                    if hits == 0:
+                for m in range(m_n):
+                    hp, hn = coef[p, o0 + u, i, 0, m, 0], coef[p, o0 + u, i, 0, m, 1]
+                    lp, ln = coef[p, o0 + u, i, 1, m, 0], coef[p, o0 + u, i, 1, m, 1]
+                    if hp == 0.0 and hn == 0.0 and lp == 0.0 and ln == 0.0:
                         continue
-                    for j in range(j0, j1):
-                        if v_hi[j] > th_hi[t0 + j]:
-                            th_hi[t0 + j] = _replace_smallest(best_hi, (t0 + j) * kmax, kmax, v_hi[j])
-                        if v_lo[j] > th_lo[t0 + j]:
-                            th_lo[t0 + j] = _replace_smallest(best_lo, (t0 + j) * kmax, kmax, v_lo[j])
+                    for j in range(j_n):  # one of max(t, 0), min(t, 0) is zero: select the coefficient
+                        t = rows[q, i, m, j]
+                        up = t > 0.0
+                        v_hi[j] += (hp if up else hn) * t
+                        v_lo[j] -= (lp if up else ln) * t
+                t0 = u * j_n
+                for j in range(j_n):  # inserts are rare after the first samples: predictable branches
+                    if v_hi[j] > th_hi[t0 + j]:
+                        th_hi[t0 + j] = _insert(best_hi, (t0 + j) * kmax, kmax, v_hi[j])
+                    if v_lo[j] > th_lo[t0 + j]:
+                        th_lo[t0 + j] = _insert(best_lo, (t0 + j) * kmax, kmax, v_lo[j])
         for u in range(ob):
             for j in range(j_n):
                 for kk in range(kmax):
@@ -102,23 +100,25 @@ def _kernel(lhs, rhs_hi, rhs_lo, order, alpha, rest, beta_hi, beta_lo, kmax, blo
                     out_lo[p, kk, (o0 + u) * j_n + j] = -best_lo[((u * j_n) + j) * kmax + kk]
 
 
-def outer_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | None, kmax: int) -> tuple[Tensor, Tensor]:
+def outer_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | None,
+               kmax: int) -> tuple[Tensor, Tensor]:
     """kmax largest of max(d_hi, 0) and kmax smallest of min(d_lo, 0) per coordinate, in float32.
 
-    lhs [P, b, O, R], rhs_* [Q, b, R, J] (Q = 1 or P), d_*[i, o, j] = sum_r lhs[i, o, r] rhs_*[i, r, j];
+    coef_* [P, b, O, M, 2] (coefficients of max(u, 0) and min(u, 0)), rows [Q, b, M, J] (Q = 1 or P);
     keep [b] marks the rows the adversary may touch (None: all). Returns two [P, kmax, O * J]
     float32 tensors (unsorted), in the layout of ``RunningTopK.values``.
     """
-    lhs, rhs_hi, rhs_lo = (t.to(torch.float32).cpu() for t in (lhs, rhs_hi, rhs_lo))
-    p, _, o, r = lhs.shape
-    j = rhs_hi.shape[3]
-    mag_l = lhs.abs()
-    beta_hi, beta_lo = (torch.maximum(t.amax((1, 2)), -t.amin((1, 2))) for t in (rhs_hi, rhs_lo))  # [Q, J]
-    big = mag_l.amax() * torch.maximum(beta_hi.amax(), beta_lo.amax()) * r
+    coef = torch.stack((coef_hi, coef_lo), 3).to(torch.float32).cpu()  # [P, b, O, 2, M, 2]
+    rows = rows.to(torch.float32).cpu()
+    p, _, o = coef.shape[:3]
+    j = rows.shape[3]
+    beta = rows.abs().amax((1, 2))  # [Q, J]
+    alpha = coef.abs().amax((3, 5)).sum(-1)  # [P, b, O]: one of max(u, 0), min(u, 0) is zero
+    big = alpha.amax() * beta.amax()
     if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
         inf = torch.full((p, kmax, o * j), math.inf)
         return inf, -inf
-    alpha = mag_l.sum(-1).transpose(1, 2) * _INFLATE  # [P, O, b]
+    alpha = alpha.transpose(1, 2) * _INFLATE  # [P, O, b]
     if keep is not None:
         alpha = torch.where(keep.cpu().view(1, 1, -1), alpha, 0.0)
     n_blocks = -(-o // BLOCK)
@@ -129,9 +129,8 @@ def outer_topk(lhs: Tensor, rhs_hi: Tensor, rhs_lo: Tensor, keep: Tensor | None,
     rest = ordered.flip(-1).cummax(-1).values.flip(-1).contiguous()
     out_hi = np.empty((p, kmax, o * j), np.float32)
     out_lo = np.empty((p, kmax, o * j), np.float32)
-    args = (lhs.permute(0, 2, 1, 3).contiguous().numpy(), rhs_hi.contiguous().numpy(), rhs_lo.contiguous().numpy(),
-            order.numpy(), alpha.contiguous().numpy(), rest.numpy(), (beta_hi * _INFLATE).numpy(),
-            (beta_lo * _INFLATE).numpy(), kmax, BLOCK, out_hi, out_lo)
+    args = (coef.permute(0, 2, 1, 3, 4, 5).contiguous().numpy(), rows.contiguous().numpy(), order.numpy(),
+            alpha.contiguous().numpy(), rest.numpy(), (beta * _INFLATE).numpy(), kmax, BLOCK, out_hi, out_lo)
     # plain threads (the kernel releases the GIL) rather than numba's parallel layer, whose spinning
     # workers fight torch's OpenMP pool on small machines; tasks write disjoint outputs
     n_tasks = p * n_blocks

@@ -160,6 +160,26 @@ def _forward_fn(method: str):
     return fn
 
 
+def _moved_forward(fwd_fn, graph: LayerGraph, plo: list[Tensor], phi: list[Tensor], x_in: tuple[Tensor, Tensor],
+                   clean: list[tuple[Tensor, Tensor]], moved: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Forward bounds over the poisoned input box, run only for the points where it differs from the clean input.
+
+    A point without feature poisoning (eps = 0) reuses its clean bounds, exactly what it gets alone.
+    """
+    if bool(moved.all()):
+        return fwd_fn(graph, plo, phi, *x_in)
+    idx = torch.nonzero(moved).flatten()
+    pick = lambda t: t.index_select(0, idx)  # noqa: E731
+    part = fwd_fn(graph, [pick(t) for t in plo], [pick(t) for t in phi], pick(x_in[0]), pick(x_in[1]))
+    out = []
+    for (c_lo, c_hi), (p_lo, p_hi) in zip(clean, part):
+        p = moved.numel()
+        lo = c_lo.expand(p, *c_lo.shape[1:]).index_copy(0, idx, p_lo)
+        hi = c_hi.expand(p, *c_hi.shape[1:]).index_copy(0, idx, p_hi)
+        out.append((lo, hi))
+    return out
+
+
 def _width_stats(lo: list[Tensor], hi: list[Tensor], slots) -> list[list[dict]]:
     stats = []
     per_layer = []
@@ -222,7 +242,8 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
     eps = torch.tensor([pt.eps if pt.kind == "bounded" else 0.0 for pt in points], dtype=cdt, device=device)
     eps = eps.view(p, *[1] * (1 + len(graph.input_shape)))  # l1/l2 balls lie inside the l_inf box
     needs_poison = any(pt.kind == "bounded" and pt.budget() > 0 for pt in points)
-    feature_poison = needs_poison and bool((eps > 0).any())
+    moved = eps.flatten(1)[:, 0] > 0  # points whose poisoned inputs leave the clean ones
+    feature_poison = needs_poison and bool(moved.any())
     labels = [_label_model(pt) for pt in points]
     n_classes = 2 if cfg.loss == "binary_cross_entropy" else int(np.prod(graph.output_shape))
     for pt in points:
@@ -277,7 +298,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
             if feature_poison:
                 pin = ((xc[idx].unsqueeze(0) - eps, xc[idx].unsqueeze(0) + eps) if pois_in is None
                        else (pois_in[0][:, idx], pois_in[1][:, idx]))
-                pfwd = fwd_fn(sub, tlo, thi, *pin)
+                pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved)
             else:
                 pin, pfwd = cin, fwd
             pz_lo, pz_hi = pfwd[top - start]

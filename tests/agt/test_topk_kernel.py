@@ -5,16 +5,21 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pcert.runtime.agt.descent import _streamed_topk
+from pcert.runtime.agt.descent import _signed_rows, _streamed_topk
 from pcert.runtime.agt.topk_kernel import outer_topk
 
 
-def _reference(lhs, rhs_hi, rhs_lo, keep, k):
+def _differences(coef, rows):
+    """d[p, i, o, j] = sum_m c[.., m, 0] max(u_m, 0) + c[.., m, 1] min(u_m, 0), in float64."""
+    p, b, o = coef.shape[:3]
+    signed = _signed_rows(rows).expand(p, *_signed_rows(rows).shape[1:])
+    return torch.einsum("pbor,pbrj->pboj", coef.reshape(p, b, o, -1), signed)
+
+
+def _reference(coef_hi, coef_lo, rows, keep, k):
     """Exact float64 top-k sums per budget point and coordinate: [P, O * J] each."""
-    q = rhs_hi.shape[0]
-    d_hi = torch.einsum("pbor,pbrj->pboj", lhs, rhs_hi.expand(lhs.shape[0], *rhs_hi.shape[1:]) if q == 1 else rhs_hi)
-    d_lo = torch.einsum("pbor,pbrj->pboj", lhs, rhs_lo.expand(lhs.shape[0], *rhs_lo.shape[1:]) if q == 1 else rhs_lo)
-    d_hi, d_lo = d_hi.clamp(min=0).flatten(2), d_lo.clamp(max=0).flatten(2)
+    d_hi = _differences(coef_hi, rows).clamp(min=0).flatten(2)
+    d_lo = _differences(coef_lo, rows).clamp(max=0).flatten(2)
     if keep is not None:
         d_hi = torch.where(keep.view(1, -1, 1), d_hi, -math.inf)
         d_lo = torch.where(keep.view(1, -1, 1), d_lo, math.inf)
@@ -23,38 +28,38 @@ def _reference(lhs, rhs_hi, rhs_lo, keep, k):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), p=st.integers(1, 3), shared=st.booleans(), k=st.integers(1, 12),
-       masked=st.booleans(), heavy=st.booleans())
-def test_kernel_topk_sums_match_exact(seed, p, shared, k, masked, heavy):
+       m=st.integers(1, 4), masked=st.booleans(), heavy=st.booleans())
+def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy):
     g = torch.Generator().manual_seed(seed)
-    b, o, j, r = 60, 11, 9, 6
-    scale = torch.rand(b, 1, 1, generator=g, dtype=torch.float64) ** (8 if heavy else 1)
-    lhs = torch.randn(p, b, o, r, generator=g, dtype=torch.float64) * scale
-    lhs = torch.where(torch.rand(lhs.shape, generator=g) < 0.4, 0.0, lhs)  # sign splits are sparse
+    b, o, j = 60, 11, 9
+    scale = torch.rand(1, b, 1, 1, 1, generator=g, dtype=torch.float64) ** (8 if heavy else 1)
+    coefs = [torch.randn(p, b, o, m, 2, generator=g, dtype=torch.float64) * scale for _ in range(2)]
+    coefs = [torch.where(torch.rand(c.shape, generator=g) < 0.4, 0.0, c) for c in coefs]  # sign splits are sparse
     q = 1 if shared else p
-    rhs_hi = torch.randn(q, b, r, j, generator=g, dtype=torch.float64)
-    rhs_lo = torch.randn(q, b, r, j, generator=g, dtype=torch.float64)
+    rows = torch.randn(q, b, m, j, generator=g, dtype=torch.float64)
     keep = torch.rand(b, generator=g) < 0.7 if masked else None
     kk = min(k, b if keep is None else int(keep.sum()))
     if kk == 0:
         return
-    hi, lo = outer_topk(lhs, rhs_hi, rhs_lo, keep, kk)
-    ref_hi, ref_lo = _reference(lhs, rhs_hi, rhs_lo, keep, kk)
-    mag = torch.einsum("pbor,qbrj->pboj", lhs.abs(), (rhs_hi.abs() + rhs_lo.abs())).flatten(2).sum(1)
-    tol = 1e-6 * mag + 1e-30  # the a-priori float32 term descent.py adds is gamma_10 * 2 * (sum |G||X|)
-    assert torch.all((hi.double().sum(1) - ref_hi).abs() <= tol)
-    assert torch.all((lo.double().sum(1) - ref_lo).abs() <= tol)
+    hi, lo = outer_topk(*coefs, rows, keep, kk)
+    ref_hi, ref_lo = _reference(*coefs, rows, keep, kk)
+    # the a-priori float32 term descent.py adds: gamma_10 * 2 * k * (largest per-sample |G||X|)
+    mag = [torch.einsum("pbom,qbmj->pboj", c.abs().sum(-1), rows.abs()).flatten(2).amax(1) for c in coefs]
+    tol = [1.2e-6 * kk * mg + 1e-30 for mg in mag]
+    assert torch.all((hi.double().sum(1) - ref_hi).abs() <= tol[0])
+    assert torch.all((lo.double().sum(1) - ref_lo).abs() <= tol[1])
     # the GPU path (torch) computes the same values
-    t_hi, t_lo = _streamed_topk(lhs.float(), rhs_hi.float(), rhs_lo.float(), keep, kk)
-    assert torch.all((t_hi.double().sum(1) - ref_hi).abs() <= tol)
-    assert torch.all((t_lo.double().sum(1) - ref_lo).abs() <= tol)
+    t_hi, t_lo = _streamed_topk(coefs[0].float(), coefs[1].float(), rows.float(), keep, kk)
+    assert torch.all((t_hi.double().sum(1) - ref_hi).abs() <= tol[0])
+    assert torch.all((t_lo.double().sum(1) - ref_lo).abs() <= tol[1])
 
 
 @pytest.mark.parametrize("bad", [math.inf, math.nan, 1e30])
 def test_kernel_gives_up_soundly_on_huge_or_nonfinite_values(bad):
-    lhs = torch.ones(1, 4, 2, 2, dtype=torch.float64)
-    rhs = torch.ones(1, 4, 2, 3, dtype=torch.float64)
-    rhs_bad = rhs.clone()
-    rhs_bad[0, 1, 0, 2] = bad
-    lhs_bad = lhs * (1e30 if bad == 1e30 else 1.0)
-    hi, lo = outer_topk(lhs_bad, rhs_bad, rhs, None, 2)
+    coef = torch.ones(1, 4, 2, 1, 2, dtype=torch.float64)
+    rows = torch.ones(1, 4, 1, 3, dtype=torch.float64)
+    rows_bad = rows.clone()
+    rows_bad[0, 1, 0, 2] = bad
+    coef_bad = coef * (1e30 if bad == 1e30 else 1.0)
+    hi, lo = outer_topk(coef_bad, coef, rows_bad, None, 2)
     assert torch.all(hi == math.inf) and torch.all(lo == -math.inf)
