@@ -39,6 +39,27 @@ def _insert(best: np.ndarray, base: int, kmax: int, v: float) -> float:
     return best[base + kmax - 1]
 
 
+@numba.njit(nogil=True, cache=True)
+def _alpha(coef: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """alpha[p, o, i] = sum_m max |c[p, o, i, side, m, sign]|, so |d_i[o, j]| <= alpha * max_m |u_m[j]|
+    (one of max(u, 0), min(u, 0) is zero); inf where a coefficient is inf or NaN (the caller gives up)."""
+    p_n, o_n, b_n, _, m_n, _ = coef.shape
+    out = np.zeros((p_n, o_n, b_n), np.float32)
+    for p in range(p_n):
+        for o in range(o_n):
+            for i in range(b_n):
+                a = np.float32(0.0)
+                for m in range(m_n):
+                    c0, c1 = abs(coef[p, o, i, 0, m, 0]), abs(coef[p, o, i, 0, m, 1])
+                    c2, c3 = abs(coef[p, o, i, 1, m, 0]), abs(coef[p, o, i, 1, m, 1])
+                    if c0 + c1 + c2 + c3 < np.inf:
+                        a += max(max(c0, c1), max(c2, c3))
+                    else:
+                        a = np.float32(np.inf)
+                out[p, o, i] = a
+    return out
+
+
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
 def _kernel(coef, rows, order, alpha, rest, beta, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
     """Tasks first..last-1 of (p, block of outputs); coef [P, O, b, 2 (hi, lo), M, 2 (+, -)], rows [Q, b, M, J]."""
@@ -108,17 +129,19 @@ def outer_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | No
     keep [b] marks the rows the adversary may touch (None: all). Returns two [P, kmax, O * J]
     float32 tensors (unsorted), in the layout of ``RunningTopK.values``.
     """
-    coef = torch.stack((coef_hi, coef_lo), 3).to(torch.float32).cpu()  # [P, b, O, 2, M, 2]
-    rows = rows.to(torch.float32).cpu()
-    p, _, o = coef.shape[:3]
+    p, b, o, m = coef_hi.shape[:4]
+    coef = torch.empty(p, o, b, 2, m, 2, dtype=torch.float32)  # the kernel's layout, filled in one pass
+    coef[:, :, :, 0].copy_(coef_hi.permute(0, 2, 1, 3, 4))
+    coef[:, :, :, 1].copy_(coef_lo.permute(0, 2, 1, 3, 4))
+    rows = rows.to(torch.float32).cpu().contiguous()
     j = rows.shape[3]
-    beta = rows.abs().amax((1, 2))  # [Q, J]
-    alpha = coef.abs().amax((3, 5)).sum(-1)  # [P, b, O]: one of max(u, 0), min(u, 0) is zero
+    beta = torch.maximum(rows.amax((1, 2)), -rows.amin((1, 2)))  # [Q, J]
+    alpha = torch.from_numpy(_alpha(coef.numpy()))  # [P, O, b]
     big = alpha.amax() * beta.amax()
     if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
         inf = torch.full((p, kmax, o * j), math.inf)
         return inf, -inf
-    alpha = alpha.transpose(1, 2) * _INFLATE  # [P, O, b]
+    alpha = alpha * _INFLATE
     if keep is not None:
         alpha = torch.where(keep.cpu().view(1, 1, -1), alpha, 0.0)
     n_blocks = -(-o // BLOCK)
@@ -129,7 +152,7 @@ def outer_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | No
     rest = ordered.flip(-1).cummax(-1).values.flip(-1).contiguous()
     out_hi = np.empty((p, kmax, o * j), np.float32)
     out_lo = np.empty((p, kmax, o * j), np.float32)
-    args = (coef.permute(0, 2, 1, 3, 4, 5).contiguous().numpy(), rows.contiguous().numpy(), order.numpy(),
+    args = (coef.numpy(), rows.numpy(), order.numpy(),
             alpha.contiguous().numpy(), rest.numpy(), (beta * _INFLATE).numpy(), kmax, BLOCK, out_hi, out_lo)
     # plain threads (the kernel releases the GIL) rather than numba's parallel layer, whose spinning
     # workers fight torch's OpenMP pool on small machines; tasks write disjoint outputs

@@ -54,12 +54,31 @@ def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy):
     assert torch.all((t_lo.double().sum(1) - ref_lo).abs() <= tol[1])
 
 
-@pytest.mark.parametrize("bad", [math.inf, math.nan, 1e30])
-def test_kernel_gives_up_soundly_on_huge_or_nonfinite_values(bad):
-    coef = torch.ones(1, 4, 2, 1, 2, dtype=torch.float64)
-    rows = torch.ones(1, 4, 1, 3, dtype=torch.float64)
-    rows_bad = rows.clone()
-    rows_bad[0, 1, 0, 2] = bad
-    coef_bad = coef * (1e30 if bad == 1e30 else 1.0)
-    hi, lo = outer_topk(coef_bad, coef, rows_bad, None, 2)
+def _unit_inputs():
+    return {"coef_hi": torch.ones(1, 4, 2, 1, 2, dtype=torch.float64),
+            "coef_lo": torch.ones(1, 4, 2, 1, 2, dtype=torch.float64),
+            "rows": torch.ones(1, 4, 1, 3, dtype=torch.float64)}
+
+
+def _poke(t: torch.Tensor, value: float) -> None:
+    t.view(-1)[t.numel() // 2 + 1] = value
+
+
+@pytest.mark.parametrize("where", ["rows", "coef_hi", "coef_lo"])
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, "overflow"])
+def test_kernel_gives_up_soundly_on_huge_or_nonfinite_values(bad, where):
+    inputs = _unit_inputs()
+    if bad == "overflow":  # each factor finite, their product beyond what float32 sums may hold
+        _poke(inputs[where], 1e20)
+        inputs["rows" if where != "rows" else "coef_hi"].mul_(1e20)
+    else:
+        _poke(inputs[where], bad)
+    hi, lo = outer_topk(inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
     assert torch.all(hi == math.inf) and torch.all(lo == -math.inf)
+
+
+def test_kernel_keeps_large_finite_values():
+    inputs = _unit_inputs()
+    inputs["rows"][0, 1, 0, 2] = 1e30  # d = 1e30 at coordinates (o, 2) of sample 1: still exact
+    hi, lo = outer_topk(inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
+    assert torch.all(torch.isfinite(hi)) and hi.amax() == torch.tensor(1e30) and torch.all(lo == 0.0)
