@@ -65,6 +65,8 @@ def _agt_step_seconds(graph, x, y, spec, points, method, device, steps):
 
 
 def _run_case(name, method, device, steps, queue):
+    from pcert.runtime.memory import retain_freed_memory
+    retain_freed_memory()  # the engine's allocator setting, for the plain step too: a like-for-like ratio
     spec = CASES[name]
     graph, x, y = _data(spec)
     torch.manual_seed(0)

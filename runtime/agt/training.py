@@ -24,6 +24,7 @@ from pcert.compiler.torch_model import to_torch
 from pcert.errors import DataError, UserError
 from pcert.runtime.bounds.ibp import param_index
 from pcert.runtime.bounds.interval import covering, outward, sanitize
+from pcert.runtime.memory import retain_freed_memory
 
 from .backward import Factors, backward_bounds, backward_point, forward_point
 from .config import AGTResult, BudgetPoint, TrainConfig
@@ -207,6 +208,7 @@ def train_with_bounds(graph: LayerGraph, x, y, cfg: TrainConfig, points: Sequenc
     """
     if cover not in ("nominal", "all"):
         raise UserError(f"arithmetic: cover must be 'nominal' or 'all' (got {cover!r})")
+    retain_freed_memory()
     with covering(dtype) if cover == "all" else contextlib.nullcontext():
         return _train(graph, x, y, cfg, tuple(points), method, dtype, device, trusted, progress, on_step, cover)
 

@@ -121,6 +121,15 @@ def matmul_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -> Bou
 _SPLIT_CHUNK = 1 << 23  # input values per sign-split chunk (64 MB in float64)
 
 
+def _split4(lo: Tensor, hi: Tensor) -> Tensor:
+    """[lo+, hi+, lo-, hi-] along the last axis, written in place (no concatenation copy)."""
+    n = lo.shape[-1]
+    out = lo.new_empty(*lo.shape[:-1], 4 * n)
+    for i, (t, side) in enumerate(((lo, "min"), (hi, "min"), (lo, "max"), (hi, "max"))):
+        torch.clamp(t, **{side: 0.0}, out=out[..., i * n:(i + 1) * n])
+    return out
+
+
 def _sign_split_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -> Bounds:
     """Bounds of x @ W^T from sign splits, as one matmul (no rounding terms: see linear_bounds).
 
@@ -136,8 +145,7 @@ def _sign_split_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -
     if x_lo.dim() > 1:  # row chunks: x4 stays ~_SPLIT_CHUNK values
         step = max(1, _SPLIT_CHUNK * x_lo.shape[-2] // max(1, 4 * x_lo.numel()))
         pieces = list(zip(x_lo.split(step, -2), x_hi.split(step, -2)))
-    parts = [torch.matmul(torch.cat((lo.clamp(min=0), hi.clamp(min=0), lo.clamp(max=0), hi.clamp(max=0)), -1), w8)
-             for lo, hi in pieces]
+    parts = [torch.matmul(_split4(lo, hi), w8) for lo, hi in pieces]
     y = parts[0] if len(parts) == 1 else torch.cat(parts, -2)
     out = w_lo.shape[-2]
     return y[..., :out], y[..., out:]
