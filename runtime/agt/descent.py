@@ -4,13 +4,14 @@ Both have the form  sum_i U_i + SEMax_k{ U~_i - U_i }  (upper; lower with SEMin)
 the clean per-sample gradient over the parameter box and U~_i the poisoned one; an unbounded
 adversary replaces a point by anything, i.e. U~_i = kappa after clipping (Thm B.1 rewritten:
 SEMax_{b-n}{U} + n kappa = sum U + SEMax_n{kappa - U}). Any per-sample bounds U_i work as long
-as the sum and the differences use the same ones. Without clipping the sums are matmuls over
-(batch x positions): Rump's form, or for linear layers the sign-split products whose per-sample
-differences (float32, own a-priori term) go through a fused top-k kernel (topk_kernel.py). Other
-layers stream the batch in chunks with a running torch.topk (memory ~(k + chunk) x |theta| per
-budget point); differences are clamped at 0, since
-the adversary may leave a point alone. Floating-point error of everything computed outside
-interval.py is bounded a priori by gamma * sum_i |G_i| |X_i|^T (one more matmul).
+as the sum and the differences use the same ones (in exact arithmetic; rounding is covered).
+Without clipping the sums are matmuls over (batch x positions): Rump's form, or for linear layers
+the sign-split products, whose per-sample differences (float32) go through a fused top-k kernel
+(topk_kernel.py), each budget point with its own k. Other layers stream the batch in chunks with
+a running torch.topk (memory ~(k + chunk) x |theta| per budget point). Differences are clamped at
+0, since the adversary may leave a point alone. Floating-point error of everything computed
+outside interval.py is bounded a priori: gamma * sum_i |G_i| |X_i|^T (one more matmul) for
+streamed layers; for linear layers batch maxima suffice (see ``_linear_error``).
 """
 from __future__ import annotations
 
