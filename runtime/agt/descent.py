@@ -227,8 +227,9 @@ def _streamed_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor 
     on accelerators (memory is cheap there, kernel launches are not).
     """
     p, b, out = coef_hi.shape[:3]
-    lhs_hi, lhs_lo = coef_hi.reshape(p, b, out, -1), coef_lo.reshape(p, b, out, -1)
-    rhs = _signed_rows(rows)
+    f32 = lambda t: t.to(torch.float32)  # noqa: E731  the values the a-priori term covers, as on the CPU
+    lhs_hi, lhs_lo = f32(coef_hi).reshape(p, b, out, -1), f32(coef_lo).reshape(p, b, out, -1)
+    rhs = _signed_rows(f32(rows))
     per_chunk = CHUNK_ELEMENTS * (16 if rows.device.type != "cpu" else 1)
     best_hi, best_lo = RunningTopK(kmax, True, dim=2), RunningTopK(kmax, False, dim=2)
     precision = torch.get_float32_matmul_precision()

@@ -82,3 +82,24 @@ def test_kernel_keeps_large_finite_values():
     inputs["rows"][0, 1, 0, 2] = 1e30  # d = 1e30 at coordinates (o, 2) of sample 1: still exact
     hi, lo = outer_topk(inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
     assert torch.all(torch.isfinite(hi)) and hi.amax() == torch.tensor(1e30) and torch.all(lo == 0.0)
+
+
+def test_training_with_the_accelerator_top_k_matches_the_cpu_kernel(monkeypatch):
+    """The GPU code path (chunked matmuls + torch.topk) wired into a real AGT run on the CPU:
+    the same bounds as the numba kernel up to float32 rounding of the kept values."""
+    import numpy as np
+
+    from pcert.compiler.model_builder import build_conv
+    from pcert.runtime.agt import BudgetPoint, TrainConfig, train_with_bounds
+    from pcert.runtime.agt import descent
+
+    graph = build_conv("2 -> 16 -> relu -> 3", seed=1)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(90, 2)).astype(np.float32), rng.integers(0, 3, 90)
+    cfg = TrainConfig(epochs=2, batch=30, lr=0.5)
+    points = [BudgetPoint(n=3, eps=0.05), BudgetPoint(m=2), BudgetPoint(n=1, eps=0.02, m=1, paired=True)]
+    kernel = train_with_bounds(graph, x, y, cfg, points)
+    monkeypatch.setattr(descent, "outer_topk", descent._streamed_topk)
+    streamed = train_with_bounds(graph, x, y, cfg, points)
+    for a, b in zip(kernel.lower + kernel.upper, streamed.lower + streamed.upper):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
