@@ -13,6 +13,7 @@ import torch
 
 from pcert.compiler.lower import Resolved
 from pcert.errors import ResourceError, UserError
+from pcert.runtime.bounds.interval import input_box
 from pcert.runtime.report import RunRecord, summary_from_metrics
 from pcert.spec.model import BoundedThreat, Spec
 
@@ -93,7 +94,8 @@ def run_single(resolved: Resolved, device: str, dtype: torch.dtype, quiet: bool)
     timings["certify"] = time.perf_counter() - start
     box = {}
     if objective.kind == "backdoor":
-        box = {"input_lower": x_eval - objective.eps, "input_upper": x_eval + objective.eps}
+        lo, hi = input_box(torch.as_tensor(np.asarray(x_eval)), objective.eps, result.lower[0].dtype)
+        box = {"input_lower": lo.cpu().numpy(), "input_upper": hi.cpu().numpy()}  # the box certify used
     plane = plane_record(graph, result, data.x_train, method) if data.task == "classification" and int(np.prod(graph.input_shape)) == 2 else None
     record = BoundsRecord.from_engine(result, certs, x_eval, y_eval, objective=objective.__dict__ | {"classes": list(objective.classes or [])},
                                       method=method, task=data.task, plane=plane, **box)

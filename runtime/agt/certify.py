@@ -18,7 +18,7 @@ from torch import Tensor
 from pcert.compiler.graph import LayerGraph
 from pcert.errors import DataError, UserError
 from pcert.runtime.bounds.ibp import param_index
-from pcert.runtime.bounds.interval import unit_roundoff
+from pcert.runtime.bounds.interval import input_box, unit_roundoff
 
 from .backward import forward_point
 from .config import AGTResult, Certificates, Objective
@@ -80,7 +80,7 @@ def certify(graph: LayerGraph, result: AGTResult, x_test, y_test, objective: Obj
     y = torch.as_tensor(np.asarray(y_test), device=device)
     nominal_out = forward_point(graph, param_index(graph), result.nominal, x)[-1]
     if objective.kind == "backdoor":
-        lo, hi = _output_bounds(graph, result, x - objective.eps, x + objective.eps, method)  # l1/l2 balls lie in the box
+        lo, hi = _output_bounds(graph, result, *input_box(x, objective.eps), method)  # l1/l2 balls lie in the box
         c_lo, c_hi = _output_bounds(graph, result, x, x, method)
     else:
         lo, hi = c_lo, c_hi = _output_bounds(graph, result, x, x, method)

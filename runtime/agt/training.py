@@ -23,7 +23,7 @@ from pcert.compiler.graph import LayerGraph
 from pcert.compiler.torch_model import to_torch
 from pcert.errors import DataError, UserError
 from pcert.runtime.bounds.ibp import param_index
-from pcert.runtime.bounds.interval import covering, outward, sanitize
+from pcert.runtime.bounds.interval import covering, input_box, outward, round_out, sanitize
 from pcert.runtime.memory import retain_freed_memory
 
 from .backward import Factors, backward_bounds, backward_point, forward_point
@@ -132,14 +132,6 @@ def train_nominal(graph: LayerGraph, x, y, cfg: TrainConfig, *, dtype=torch.floa
 def bound_dtype(dtype: torch.dtype) -> torch.dtype:
     """Bounds are propagated in float64 (tiny a-priori rounding terms) unless the run is wider still."""
     return dtype if torch.finfo(dtype).bits >= 64 else torch.float64
-
-
-def round_out(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Round bounds to ``dtype`` without losing containment (one ulp outward where rounding went inward)."""
-    lo_d, hi_d = lo.to(dtype), hi.to(dtype)
-    lo_d = torch.where(lo_d.to(lo.dtype) > lo, torch.nextafter(lo_d, lo_d.new_tensor(-math.inf)), lo_d)
-    hi_d = torch.where(hi_d.to(hi.dtype) < hi, torch.nextafter(hi_d, hi_d.new_tensor(math.inf)), hi_d)
-    return lo_d, hi_d
 
 
 def _label_model(pt: BudgetPoint) -> LabelModel | None:
@@ -264,7 +256,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         clean_in = fwd_fn(prefix, fixed, fixed, xc, xc)[-1]
         if feature_poison:
             fixed_p = [t.expand(p, *t.shape) for t in fixed]
-            pois_in = fwd_fn(prefix, fixed_p, fixed_p, xc.unsqueeze(0) - eps, xc.unsqueeze(0) + eps)[-1]
+            pois_in = fwd_fn(prefix, fixed_p, fixed_p, *input_box(xc.unsqueeze(0), eps))[-1]
 
     sub_slots = {k - start: (v[0] - first_train, None if v[1] is None else v[1] - first_train)
                  for k, v in slots.items() if k >= start}
@@ -298,7 +290,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         pf: dict[int, Factors] | None = None
         if needs_poison:
             if feature_poison:
-                pin = ((xc[idx].unsqueeze(0) - eps, xc[idx].unsqueeze(0) + eps) if pois_in is None
+                pin = (input_box(xc[idx].unsqueeze(0), eps) if pois_in is None
                        else (pois_in[0][:, idx], pois_in[1][:, idx]))
                 pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved)
             else:

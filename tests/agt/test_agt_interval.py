@@ -129,3 +129,23 @@ def test_ibp_layers_contain_sampled_networks(arch, seed, pw, xw):
             for layer, module, (lo, hi) in zip(graph.layers, model, bounds):
                 h = module(h)
                 assert _inside(h, lo[1], hi[1]), layer.name
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.floats(-1e3, 1e3, width=32), eps_text=st.sampled_from(["0.01", "0.1", "0.3", "1e-7", "0.0123456789"]),
+       near=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_input_box_contains_the_real_box(x, eps_text, near, dtype):
+    """The data box [x - eps, x + eps] in real arithmetic, with eps the decimal the user wrote."""
+    from fractions import Fraction
+
+    from pcert.runtime.bounds.interval import input_box
+    eps = float(eps_text)
+    if near:  # x - eps close to 0: the subtraction cancels, eps's own rounding dominates
+        x = float(torch.tensor(eps, dtype=torch.float32))
+    xt = torch.tensor([x], dtype=torch.float32)
+    lo, hi = input_box(xt, eps, dtype)
+    assert lo.dtype == hi.dtype == dtype
+    real_x, real_eps = Fraction(float(xt[0])), Fraction(eps_text)
+    assert Fraction(float(lo[0])) <= real_x - real_eps and Fraction(float(hi[0])) >= real_x + real_eps
+    zl, zh = input_box(xt, 0.0, dtype)
+    assert torch.equal(zl, xt.to(dtype)) and torch.equal(zh, xt.to(dtype))
