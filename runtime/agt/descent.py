@@ -332,28 +332,35 @@ def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
     """A-priori rounding term of ``_linear_topk``, [P, F] (0 for points without a top-k).
 
     Float64: the batch sums (<= 8 b terms, each within 2 |G_i||X_i|; for an exact input the
-    midpoint-radius form, equal to the sign-split form in exact arithmetic, with its rounded midpoint
-    and radius), the top-k totals and their addition. Float32: each kept per-sample difference (<= 8 products from rounded factors, within
-    2 |G_i||X_i|) plus underflow; only the k kept values enter the bound, and the computed top-k sum is
-    at least the sum of the computed values of the exact top-k set, so k times the largest per-sample
-    error suffices. |G_i||X_i| <= Gmax (x) Xmax (maxima over the batch, clean plus poisoned).
+    midpoint-radius form, equal to the sign-split form in exact arithmetic, with its rounded
+    midpoint and radius), the top-k totals and their addition; sum_i |G_i||X_i| <= b Gmax (x) Xmax
+    (maxima over the batch, clean plus poisoned), or the sum itself (one matmul) when coarser
+    rounding is covered (cover="all"), where the term is not negligible. Float32: each kept
+    per-sample difference (<= 8 products from rounded factors, within 2 |G_i||X_i|) plus underflow;
+    only the k kept values enter the bound, and the computed top-k sum is at least the sum of the
+    computed values of the exact top-k set, so k times the largest per-sample error suffices.
     """
     fs = [lg.clean] + ([lg.poisoned] if lg.poisoned is not None else [])
     batch_max = lambda lo, hi: torch.maximum(hi.amax(1), -lo.amin(1))[:, 0, :, 0]  # noqa: E731  max_i |.|
     g_max = sum(batch_max(f.g_lo, f.g_hi) for f in fs)  # [P, out]
     x_max = sum(batch_max(f.x_lo, f.x_hi) for f in fs)  # [P|1, in]
-    b = lg.clean.g_lo.shape[1]
-    k = torch.tensor(adv.k, dtype=g_max.dtype, device=g_max.device).view(-1, 1, 1)
-    dtype = lg.clean.g_lo.dtype
-    rel = gamma(8 * b + max(adv.k) + 16, dtype) * 4 * b + gamma(8 + 2, torch.float32) * 2 * k
-    err = rel * g_max.unsqueeze(-1) * x_max.unsqueeze(-2)
-    # float32 underflow per kept value: 8 products, each flushed (< 2**-126) or gradual, and the
-    # conversion of tiny inputs (< 2**-150 times the other factor)
-    err = err + k * 8 * (2.0 ** -125 + 2.0 ** -149 * torch.maximum(g_max.amax(), x_max.amax()))
-    err = err.flatten(1)
-    if lg.bias:
-        err = torch.cat((err, gamma(b + max(adv.k) + 2, dtype) * 2 * b * g_max), 1)
-    return err * (k.view(-1, 1) > 0)
+    gx = (g_max.unsqueeze(-1) * x_max.unsqueeze(-2)).flatten(1)  # [P, out * in]
+    b, dtype = lg.clean.g_lo.shape[1], lg.clean.g_lo.dtype
+    n = 8 * b + max(adv.k) + 16
+    own = n * torch.finfo(dtype).eps / 2 / (1 - n * torch.finfo(dtype).eps / 2) * 4  # our float64 sums
+    if unit_roundoff(dtype) > torch.finfo(dtype).eps / 2:
+        # covering a coarser dtype: any such run's batch sum of its rounded per-sample products (and
+        # of its 1/b loss scaling) errs by at most gamma_{b+4} sum_i |G_i||X_i|, in any order
+        err = (own + gamma(b + 4, dtype)) * _mag_sum(lg)
+    else:
+        err = own * b * (torch.cat((gx, g_max), 1) if lg.bias else gx)
+    k = torch.tensor(adv.k, dtype=gx.dtype, device=gx.device).view(-1, 1)
+    # float32 products of the kept values, and their underflow: 8 products, each flushed (< 2**-126)
+    # or gradual, and the conversion of tiny inputs (< 2**-150 times the other factor)
+    tiny = 8 * (2.0 ** -125 + 2.0 ** -149 * torch.maximum(g_max.amax(), x_max.amax()))
+    f32 = k * (gamma(8 + 2, torch.float32) * 2 * gx + tiny)
+    err = err + (torch.cat((f32, torch.zeros_like(g_max)), 1) if lg.bias else f32)
+    return err * (k > 0)
 
 
 def _nominal_sum(lg: LayerGrads) -> Tensor:
