@@ -328,6 +328,19 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     return lo, hi
 
 
+def _batch_rounding(own_terms: int, own_factor: float, run_terms: int, dtype: torch.dtype) -> float:
+    """Relative a-priori term (times sum_i |G_i||X_i|) of a batch sum of weight gradients.
+
+    Our own evaluation in ``dtype`` (own_factor * gamma_{own_terms}, in dtype's true unit roundoff)
+    and, when a coarser dtype is covered (cover="all"), any run in it: its batch sum of rounded
+    per-sample products over run_terms = batch x positions, plus its 1/b loss scaling, errs by at
+    most gamma_{run_terms + 4} sum_i |G_i||X_i| in any summation order.
+    """
+    u = torch.finfo(dtype).eps / 2
+    own = own_factor * own_terms * u / (1 - own_terms * u)
+    return own + (gamma(run_terms + 4, dtype) if unit_roundoff(dtype) > u else 0.0)
+
+
 def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
     """A-priori rounding term of ``_linear_topk``, [P, F] (0 for points without a top-k).
 
@@ -335,7 +348,7 @@ def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
     midpoint-radius form, equal to the sign-split form in exact arithmetic, with its rounded
     midpoint and radius), the top-k totals and their addition; sum_i |G_i||X_i| <= b Gmax (x) Xmax
     (maxima over the batch, clean plus poisoned), or the sum itself (one matmul) when coarser
-    rounding is covered (cover="all"), where the term is not negligible. Float32: each kept
+    rounding is covered (cover="all", see ``_batch_rounding``), where the term is not negligible. Float32: each kept
     per-sample difference (<= 8 products from rounded factors, within 2 |G_i||X_i|) plus underflow;
     only the k kept values enter the bound, and the computed top-k sum is at least the sum of the
     computed values of the exact top-k set, so k times the largest per-sample error suffices.
@@ -346,14 +359,11 @@ def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
     x_max = sum(batch_max(f.x_lo, f.x_hi) for f in fs)  # [P|1, in]
     gx = (g_max.unsqueeze(-1) * x_max.unsqueeze(-2)).flatten(1)  # [P, out * in]
     b, dtype = lg.clean.g_lo.shape[1], lg.clean.g_lo.dtype
-    n = 8 * b + max(adv.k) + 16
-    own = n * torch.finfo(dtype).eps / 2 / (1 - n * torch.finfo(dtype).eps / 2) * 4  # our float64 sums
-    if unit_roundoff(dtype) > torch.finfo(dtype).eps / 2:
-        # covering a coarser dtype: any such run's batch sum of its rounded per-sample products (and
-        # of its 1/b loss scaling) errs by at most gamma_{b+4} sum_i |G_i||X_i|, in any order
-        err = (own + gamma(b + 4, dtype)) * _mag_sum(lg)
+    rel = _batch_rounding(8 * b + max(adv.k) + 16, 4, b, dtype)
+    if unit_roundoff(dtype) > torch.finfo(dtype).eps / 2:  # the coarse term is not negligible: exact sum
+        err = rel * _mag_sum(lg)
     else:
-        err = own * b * (torch.cat((gx, g_max), 1) if lg.bias else gx)
+        err = rel * b * (torch.cat((gx, g_max), 1) if lg.bias else gx)
     k = torch.tensor(adv.k, dtype=gx.dtype, device=gx.device).view(-1, 1)
     # float32 products of the kept values, and their underflow: 8 products, each flushed (< 2**-126)
     # or gradual, and the conversion of tiny inputs (< 2**-150 times the other factor)
@@ -454,7 +464,8 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
             lo = lo + _select_sum(best_lo.values(), adv.k, False)
             hi = hi + _select_sum(best_hi.values(), adv.k, True)
         # rounding of the streamed per-sample values, running sums and top-k sums
-        err = gamma(2 * b * lg.clean.g_lo.shape[-1] + kmax + 16, dtype) * _mag_sum(lg) * 2 * streamed
+        positions = b * lg.clean.g_lo.shape[-1]
+        err = _batch_rounding(2 * positions + kmax + 16, 2, positions, dtype) * _mag_sum(lg) * streamed
         bounds.append(outward(lo - err, hi + err))
     return bounds, nominal
 
