@@ -130,6 +130,8 @@ def outer_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | No
     float32 tensors (unsorted), in the layout of ``RunningTopK.values``.
     """
     p, b, o, m = coef_hi.shape[:4]
+    if o > 4 * rows.shape[3]:  # short input rows (e.g. a 2-feature input layer): stream the long axis
+        return _transposed(coef_hi, coef_lo, rows, keep, kmax)
     coef = torch.empty(p, o, b, 2, m, 2, dtype=torch.float32)  # the kernel's layout, filled in one pass
     coef[:, :, :, 0].copy_(coef_hi.permute(0, 2, 1, 3, 4))
     coef[:, :, :, 1].copy_(coef_lo.permute(0, 2, 1, 3, 4))
@@ -165,3 +167,23 @@ def outer_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | No
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda w: _kernel(*args, cuts[w], cuts[w + 1]), range(workers)))
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
+
+
+def _transposed(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | None,
+                kmax: int) -> tuple[Tensor, Tensor]:
+    """The same top-k with inputs and outputs swapped: the rows become the hi and lo coefficient
+    vectors over the outputs, the coefficients the signed inputs max(u, 0) and min(u, 0). A term
+    c_s * u_s is the same float32 product either way; the kernel's vectors are then the long axis."""
+    p, b, o, m = coef_hi.shape[:4]
+    q, j = rows.shape[0], rows.shape[3]
+    rows_t = torch.empty(p, b, 2, m, 2, o, dtype=torch.float32)  # written once, in the kernel's layout
+    rows_t[:, :, 0].copy_(coef_hi.permute(0, 1, 3, 4, 2))
+    rows_t[:, :, 1].copy_(coef_lo.permute(0, 1, 3, 4, 2))
+    rows_t = rows_t.view(p, b, 4 * m, o)
+    signed = torch.stack((rows.clamp(min=0), rows.clamp(max=0)), 3).reshape(q, b, 2 * m, j).transpose(2, 3)
+    zero = torch.zeros_like(signed)
+    # each row's coefficient, the same whatever the row's sign: u_s for its own side, 0 for the other
+    both = lambda t: t.unsqueeze(-1).expand(p, b, j, 4 * m, 2)  # noqa: E731
+    hi, lo = outer_topk(both(torch.cat((signed, zero), -1)), both(torch.cat((zero, signed), -1)), rows_t, keep, kmax)
+    back = lambda t: t.view(p, kmax, j, o).transpose(2, 3).reshape(p, kmax, o * j)  # noqa: E731
+    return back(hi), back(lo)

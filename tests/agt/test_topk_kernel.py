@@ -28,10 +28,10 @@ def _reference(coef_hi, coef_lo, rows, keep, k):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), p=st.integers(1, 3), shared=st.booleans(), k=st.integers(1, 12),
-       m=st.integers(1, 4), masked=st.booleans(), heavy=st.booleans())
-def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy):
+       m=st.integers(1, 4), masked=st.booleans(), heavy=st.booleans(), shape=st.sampled_from([(11, 9), (13, 2)]))
+def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shape):
     g = torch.Generator().manual_seed(seed)
-    b, o, j = 60, 11, 9
+    b, (o, j) = 60, shape  # (13, 2): short rows, run transposed
     scale = torch.rand(1, b, 1, 1, 1, generator=g, dtype=torch.float64) ** (8 if heavy else 1)
     coefs = [torch.randn(p, b, o, m, 2, generator=g, dtype=torch.float64) * scale for _ in range(2)]
     coefs = [torch.where(torch.rand(c.shape, generator=g) < 0.4, 0.0, c) for c in coefs]  # sign splits are sparse
