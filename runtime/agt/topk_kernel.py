@@ -161,11 +161,12 @@ def outer_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | No
     n_tasks = p * n_blocks
     workers = max(1, min(torch.get_num_threads(), n_tasks))
     cuts = [n_tasks * w // workers for w in range(workers + 1)]
-    if workers == 1:
-        _kernel(*args, 0, n_tasks)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda w: _kernel(*args, cuts[w], cuts[w + 1]), range(workers)))
+    with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
+        if workers == 1:
+            _kernel(*args, 0, n_tasks)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda w: _kernel(*args, cuts[w], cuts[w + 1]), range(workers)))
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
 
 
