@@ -165,8 +165,8 @@ def _moved_forward(fwd_fn, graph: LayerGraph, plo: list[Tensor], phi: list[Tenso
     pick = lambda t: t.index_select(0, idx)  # noqa: E731
     part = fwd_fn(graph, [pick(t) for t in plo], [pick(t) for t in phi], pick(x_in[0]), pick(x_in[1]))
     out = []
+    p = moved.numel()
     for (c_lo, c_hi), (p_lo, p_hi) in zip(clean, part):
-        p = moved.numel()
         lo = c_lo.expand(p, *c_lo.shape[1:]).index_copy(0, idx, p_lo)
         hi = c_hi.expand(p, *c_hi.shape[1:]).index_copy(0, idx, p_hi)
         out.append((lo, hi))
