@@ -185,21 +185,22 @@ class RunningTopK:
         return self.best
 
 
+Coefs = list[tuple[Tensor, Tensor]]  # per input row u_m: coefficients of max(u_m, 0) and min(u_m, 0), [P, b, out]
+
+
 def _sign_split_coefs(g_lo: Tensor, g_hi: Tensor, x_lo: Tensor, x_hi: Tensor,
-                      exact_x: bool) -> tuple[list[Tensor], Tensor, Tensor]:
+                      exact_x: bool) -> tuple[list[Tensor], Coefs, Coefs]:
     """Per-sample product bounds of g (x) x in sign-split form over the distinct input rows u_m:
 
-    lo_i[o, j] = sum_m c_lo[i, o, m, 0] max(u_m[i, j], 0) + c_lo[i, o, m, 1] min(u_m[i, j], 0), hi alike.
+    lo_i[o, j] = sum_m c_lo[m][0][i, o] max(u_m[i, j], 0) + c_lo[m][1][i, o] min(u_m[i, j], 0), hi alike.
     Splitting both factors into non-negative and non-positive parts makes every term linear in the end
     points (the exact interval product wherever g_o or x_j is sign-definite); an exact x gives one row.
-    g [P, b, out], x [P|1, b, in]; returns rows ([x] or [x_lo, x_hi]) and c_lo, c_hi [P, b, out, M, 2].
+    g [P, b, out], x [P|1, b, in]; returns rows ([x] or [x_lo, x_hi]) and the lo and hi coefficients.
     """
     if exact_x:
-        return [x_lo], torch.stack((g_lo, g_hi), -1).unsqueeze(-2), torch.stack((g_hi, g_lo), -1).unsqueeze(-2)
+        return [x_lo], [(g_lo, g_hi)], [(g_hi, g_lo)]
     gp_l, gp_h, gn_l, gn_h = g_lo.clamp(min=0), g_hi.clamp(min=0), g_lo.clamp(max=0), g_hi.clamp(max=0)
-    c_lo = torch.stack((torch.stack((gp_l, gp_h), -1), torch.stack((gn_l, gn_h), -1)), -2)
-    c_hi = torch.stack((torch.stack((gn_h, gn_l), -1), torch.stack((gp_h, gp_l), -1)), -2)
-    return [x_lo, x_hi], c_lo, c_hi
+    return [x_lo, x_hi], [(gp_l, gp_h), (gn_l, gn_h)], [(gn_h, gn_l), (gp_h, gp_l)]
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
@@ -207,35 +208,28 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
 
 
-def _signed_rows(rows: Tensor) -> Tensor:
-    """[Q, b, M, J] -> [Q, b, 2M, J]: max(u, 0) and min(u, 0) interleaved, the order of the coefficients."""
-    return torch.stack((rows.clamp(min=0), rows.clamp(max=0)), 3).flatten(2, 3)
+def _factored_sum(coefs: Coefs, rows: list[Tensor]) -> Tensor:
+    """sum_i of the sign-split products over the batch: [P, out, in] (2 matmuls per row)."""
+    return sum(torch.matmul(cp.transpose(1, 2), u.clamp(min=0)) + torch.matmul(cn.transpose(1, 2), u.clamp(max=0))
+               for (cp, cn), u in zip(coefs, rows))
 
 
-def _factored_sum(coef: Tensor, rows: Tensor) -> Tensor:
-    """sum_i of the sign-split products over the batch and the rows, as one matmul: [P, out, in]."""
-    p, b, o = coef.shape[:3]
-    lhs = coef.reshape(p, b, o, -1).permute(0, 2, 1, 3).reshape(p, o, -1)
-    rhs = _signed_rows(rows).reshape(rows.shape[0], -1, rows.shape[3])
-    return torch.matmul(lhs, rhs)
-
-
-def _streamed_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | None, kmax: int) -> Bounds:
+def _streamed_topk(coef_hi: Coefs, coef_lo: Coefs, rows: list[Tensor], keep: Tensor | None, kmax: int) -> Bounds:
     """Torch counterpart of ``outer_topk`` (GPU): per-sample differences by chunked matmuls, running top-k.
 
     Each chunk is laid out [P, F, c] so the top-k reduces along the contiguous axis; chunks are large
     on accelerators (memory is cheap there, kernel launches are not).
     """
-    p, b, out = coef_hi.shape[:3]
     f32 = lambda t: t.to(torch.float32)  # noqa: E731  the values the a-priori term covers, as on the CPU
-    lhs_hi, lhs_lo = f32(coef_hi).reshape(p, b, out, -1), f32(coef_lo).reshape(p, b, out, -1)
-    rhs = _signed_rows(f32(rows))
-    per_chunk = CHUNK_ELEMENTS * (16 if rows.device.type != "cpu" else 1)
+    lhs_hi, lhs_lo = (torch.stack([f32(t) for pair in c for t in pair], -1) for c in (coef_hi, coef_lo))
+    rhs = torch.stack([f32(t) for u in rows for t in (u.clamp(min=0), u.clamp(max=0))], 2)  # [Q, b, 2M, in]
+    p, b, out = lhs_hi.shape[:3]
+    per_chunk = CHUNK_ELEMENTS * (16 if rhs.device.type != "cpu" else 1)
     best_hi, best_lo = RunningTopK(kmax, True, dim=2), RunningTopK(kmax, False, dim=2)
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")  # TF32 would round far outside the a-priori term
     try:
-        for sl in _chunks(b, 2 * p * out * rows.shape[3], per_chunk):
+        for sl in _chunks(b, 2 * p * out * rhs.shape[3], per_chunk):
             d_hi = torch.matmul(lhs_hi[:, sl], rhs[:, sl]).flatten(2).transpose(1, 2).clamp(min=0.0)
             d_lo = torch.matmul(lhs_lo[:, sl], rhs[:, sl]).flatten(2).transpose(1, 2).clamp(max=0.0)
             d_hi, d_lo = torch.nan_to_num(d_hi, nan=math.inf), torch.nan_to_num(d_lo, nan=-math.inf)  # [P, F, c]
@@ -249,24 +243,24 @@ def _streamed_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor 
     return best_hi.values().transpose(1, 2), best_lo.values().transpose(1, 2)
 
 
-def _difference_coefs(clean: tuple, poisoned: tuple) -> tuple[Tensor, Tensor, Tensor]:
+def _difference_coefs(clean: tuple, poisoned: tuple) -> tuple[list[Tensor], Coefs, Coefs]:
     """Coefficients of U~_i - U_i (hi) and L~_i - L_i (lo) over the union of both factors' rows.
 
     A row the clean and the poisoned factors share (labels poisoned, features not) is listed once,
     with the coefficient difference, so the kernel reads and multiplies it once.
     """
     (rows_c, lo_c, hi_c), (rows_p, lo_p, hi_p) = clean, poisoned
-    rows, c_lo, c_hi = list(rows_p), list(lo_p.unbind(-2)), list(hi_p.unbind(-2))
-    for m, row in enumerate(rows_c):
+    rows, d_lo, d_hi = list(rows_p), list(lo_p), list(hi_p)
+    minus = lambda a, b: (a[0] - b[0], a[1] - b[1])  # noqa: E731
+    for row, c_lo, c_hi in zip(rows_c, lo_c, hi_c):
         hit = next((n for n, r in enumerate(rows_p) if _same(r, row)), None)
         if hit is None:
             rows.append(row)
-            c_lo.append(-lo_c[..., m, :])
-            c_hi.append(-hi_c[..., m, :])
+            d_lo.append((-c_lo[0], -c_lo[1]))
+            d_hi.append((-c_hi[0], -c_hi[1]))
         else:
-            c_lo[hit] = c_lo[hit] - lo_c[..., m, :]
-            c_hi[hit] = c_hi[hit] - hi_c[..., m, :]
-    return torch.stack(rows, 2), torch.stack(c_lo, -2), torch.stack(c_hi, -2)
+            d_lo[hit], d_hi[hit] = minus(d_lo[hit], c_lo), minus(d_hi[hit], c_hi)
+    return rows, d_lo, d_hi
 
 
 def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
@@ -280,7 +274,7 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     c, pz = lg.clean, lg.poisoned if lg.poisoned is not None else lg.clean
     sq = lambda t: t[:, :, 0, :, 0]  # noqa: E731  [P, b, 1, r, 1] -> [P, b, r]
     rows_c, lo_c, hi_c = _sign_split_coefs(sq(c.g_lo), sq(c.g_hi), sq(c.x_lo), sq(c.x_hi), c.x_lo is c.x_hi)
-    p = lo_c.shape[0]
+    p = c.g_lo.shape[0]
     kmax = max(adv.k)
     if len(rows_c) == 1:  # exact input: the bounds are mid (x) x +- rad (x) |x| (Rump's form), two matmuls
         x = rows_c[0]
@@ -289,15 +283,14 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
         s_rad = torch.matmul(g_rad.transpose(1, 2), x.abs()).flatten(1)
         sum_lo, sum_hi = s_mid - s_rad, s_mid + s_rad
     else:
-        stacked = torch.stack(rows_c, 2)
-        sum_lo = _factored_sum(lo_c, stacked).flatten(1)
-        sum_hi = _factored_sum(hi_c, stacked).flatten(1)
+        sum_lo, sum_hi = _factored_sum(lo_c, rows_c).flatten(1), _factored_sum(hi_c, rows_c).flatten(1)
     # per-sample differences in float32 (the caller's a-priori term covers their rounding), one budget
     # point at a time so that only one point's coefficients exist at once
     tops = []
     for q in range(p):
         pick = lambda t: t[q:q + 1] if t.shape[0] > 1 else t  # noqa: E731
-        clean = ([pick(r) for r in rows_c], lo_c[q:q + 1], hi_c[q:q + 1])
+        point = lambda cs: [(a[q:q + 1], b[q:q + 1]) for a, b in cs]  # noqa: E731
+        clean = ([pick(r) for r in rows_c], point(lo_c), point(hi_c))
         g_lo, g_hi, x_lo, x_hi = (pick(sq(t)) for t in (pz.g_lo, pz.g_hi, pz.x_lo, pz.x_hi))
         poisoned = _sign_split_coefs(g_lo, g_hi, x_lo, x_hi, _same(x_lo, x_hi))
         rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
@@ -305,7 +298,7 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
         if k == 0:  # not attacked: _select_sum gives 0
             tops.append((torch.zeros(1, kmax, sum_lo.shape[1], device=sum_lo.device),) * 2)
             continue
-        topk = outer_topk if rows.device.type == "cpu" else _streamed_topk
+        topk = outer_topk if rows[0].device.type == "cpu" else _streamed_topk
         t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # this point's own k: fewer inserts, earlier exits
         pad = (0, 0, 0, kmax - k)  # slots past k never enter this point's top-k sum
         tops.append((F.pad(t_hi, pad, value=-math.inf), F.pad(t_lo, pad, value=math.inf)))

@@ -121,22 +121,23 @@ def _kernel(coef, rows, order, alpha, rest, beta, kmax, block, out_hi, out_lo, f
                     out_lo[p, kk, (o0 + u) * j_n + j] = -best_lo[((u * j_n) + j) * kmax + kk]
 
 
-def outer_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | None,
-               kmax: int) -> tuple[Tensor, Tensor]:
+def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],
+               keep: Tensor | None, kmax: int) -> tuple[Tensor, Tensor]:
     """kmax largest of max(d_hi, 0) and kmax smallest of min(d_lo, 0) per coordinate, in float32.
 
-    coef_* [P, b, O, M, 2] (coefficients of max(u, 0) and min(u, 0)), rows [Q, b, M, J] (Q = 1 or P);
-    keep [b] marks the rows the adversary may touch (None: all). Returns two [P, kmax, O * J]
-    float32 tensors (unsorted), in the layout of ``RunningTopK.values``.
+    rows: M tensors u_m [Q, b, J] (Q = 1 or P); coef_*: per row the coefficients of max(u_m, 0) and
+    min(u_m, 0), each [P, b, O]; keep [b] marks the rows the adversary may touch (None: all).
+    Returns two [P, kmax, O * J] float32 tensors (unsorted), in the layout of ``RunningTopK.values``.
     """
-    p, b, o, m = coef_hi.shape[:4]
-    if o > 4 * rows.shape[3]:  # short input rows (e.g. a 2-feature input layer): stream the long axis
+    (p, b, o), m, j = coef_hi[0][0].shape, len(rows), rows[0].shape[2]
+    if o > 4 * j:  # short input rows (e.g. a 2-feature input layer): stream the long axis
         return _transposed(coef_hi, coef_lo, rows, keep, kmax)
-    coef = torch.empty(p, o, b, 2, m, 2, dtype=torch.float32)  # the kernel's layout, filled in one pass
-    coef[:, :, :, 0].copy_(coef_hi.permute(0, 2, 1, 3, 4))
-    coef[:, :, :, 1].copy_(coef_lo.permute(0, 2, 1, 3, 4))
-    rows = rows.to(torch.float32).cpu().contiguous()
-    j = rows.shape[3]
+    coef = torch.empty(p, o, b, 2, m, 2, dtype=torch.float32)  # the kernel's layout, written once
+    for side, coefs in enumerate((coef_hi, coef_lo)):
+        for r, pair in enumerate(coefs):
+            for sign, c in enumerate(pair):
+                coef[:, :, :, side, r, sign].copy_(c.transpose(1, 2))
+    rows = torch.stack([u.to(torch.float32).cpu() for u in rows], 2)  # [Q, b, M, J]
     beta = torch.maximum(rows.amax((1, 2)), -rows.amin((1, 2)))  # [Q, J]
     alpha = torch.from_numpy(_alpha(coef.numpy()))  # [P, O, b]
     big = alpha.amax() * beta.amax()
@@ -170,21 +171,18 @@ def outer_topk(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | No
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
 
 
-def _transposed(coef_hi: Tensor, coef_lo: Tensor, rows: Tensor, keep: Tensor | None,
-                kmax: int) -> tuple[Tensor, Tensor]:
+def _transposed(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],
+                keep: Tensor | None, kmax: int) -> tuple[Tensor, Tensor]:
     """The same top-k with inputs and outputs swapped: the rows become the hi and lo coefficient
     vectors over the outputs, the coefficients the signed inputs max(u, 0) and min(u, 0). A term
     c_s * u_s is the same float32 product either way; the kernel's vectors are then the long axis."""
-    p, b, o, m = coef_hi.shape[:4]
-    q, j = rows.shape[0], rows.shape[3]
-    rows_t = torch.empty(p, b, 2, m, 2, o, dtype=torch.float32)  # written once, in the kernel's layout
-    rows_t[:, :, 0].copy_(coef_hi.permute(0, 1, 3, 4, 2))
-    rows_t[:, :, 1].copy_(coef_lo.permute(0, 1, 3, 4, 2))
-    rows_t = rows_t.view(p, b, 4 * m, o)
-    signed = torch.stack((rows.clamp(min=0), rows.clamp(max=0)), 3).reshape(q, b, 2 * m, j).transpose(2, 3)
-    zero = torch.zeros_like(signed)
-    # each row's coefficient, the same whatever the row's sign: u_s for its own side, 0 for the other
-    both = lambda t: t.unsqueeze(-1).expand(p, b, j, 4 * m, 2)  # noqa: E731
-    hi, lo = outer_topk(both(torch.cat((signed, zero), -1)), both(torch.cat((zero, signed), -1)), rows_t, keep, kmax)
+    (p, b, o), j = coef_hi[0][0].shape, rows[0].shape[2]
+    rows_t = [c for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair]  # 4M rows [P, b, O]
+    signed = [t.expand(p, b, j) for u in rows for t in (u.clamp(min=0), u.clamp(max=0))]  # [P, b, J]
+    zero = torch.zeros_like(signed[0])
+    # each new row's coefficient is the same whatever its sign: u_s on its own side, 0 on the other
+    hi = [(s, s) for s in signed] + [(zero, zero)] * len(signed)
+    lo = [(zero, zero)] * len(signed) + [(s, s) for s in signed]
+    top_hi, top_lo = outer_topk(hi, lo, rows_t, keep, kmax)
     back = lambda t: t.view(p, kmax, j, o).transpose(2, 3).reshape(p, kmax, o * j)  # noqa: E731
-    return back(hi), back(lo)
+    return back(top_hi), back(top_lo)

@@ -5,15 +5,25 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from pcert.runtime.agt.descent import _signed_rows, _streamed_topk
+from pcert.runtime.agt.descent import _streamed_topk
 from pcert.runtime.agt.topk_kernel import outer_topk
+
+
+def _split(coef, rows):
+    """The kernel's inputs from tensors: coef [P, b, O, M, 2] -> per row (c+, c-); rows [Q, b, M, J] -> M rows."""
+    return [(coef[..., m, 0], coef[..., m, 1]) for m in range(coef.shape[3])], [rows[:, :, m] for m in range(rows.shape[2])]
+
+
+def _topk(fn, coef_hi, coef_lo, rows, keep, k):
+    (hi, rs), (lo, _) = _split(coef_hi, rows), _split(coef_lo, rows)
+    return fn(hi, lo, rs, keep, k)
 
 
 def _differences(coef, rows):
     """d[p, i, o, j] = sum_m c[.., m, 0] max(u_m, 0) + c[.., m, 1] min(u_m, 0), in float64."""
+    signed = torch.stack((rows.clamp(min=0), rows.clamp(max=0)), 3).flatten(2, 3)  # [Q, b, 2M, J]
     p, b, o = coef.shape[:3]
-    signed = _signed_rows(rows).expand(p, *_signed_rows(rows).shape[1:])
-    return torch.einsum("pbor,pbrj->pboj", coef.reshape(p, b, o, -1), signed)
+    return torch.einsum("pbor,pbrj->pboj", coef.reshape(p, b, o, -1), signed.expand(p, *signed.shape[1:]))
 
 
 def _reference(coef_hi, coef_lo, rows, keep, k):
@@ -41,7 +51,7 @@ def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shap
     kk = min(k, b if keep is None else int(keep.sum()))
     if kk == 0:
         return
-    hi, lo = outer_topk(*coefs, rows, keep, kk)
+    hi, lo = _topk(outer_topk, *coefs, rows, keep, kk)
     ref_hi, ref_lo = _reference(*coefs, rows, keep, kk)
     # the a-priori float32 term descent.py adds: gamma_10 * 2 * k * (largest per-sample |G||X|)
     mag = [torch.einsum("pbom,qbmj->pboj", c.abs().sum(-1), rows.abs()).flatten(2).amax(1) for c in coefs]
@@ -49,7 +59,7 @@ def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shap
     assert torch.all((hi.double().sum(1) - ref_hi).abs() <= tol[0])
     assert torch.all((lo.double().sum(1) - ref_lo).abs() <= tol[1])
     # the GPU path (torch) computes the same values
-    t_hi, t_lo = _streamed_topk(coefs[0].float(), coefs[1].float(), rows.float(), keep, kk)
+    t_hi, t_lo = _topk(_streamed_topk, coefs[0].float(), coefs[1].float(), rows.float(), keep, kk)
     assert torch.all((t_hi.double().sum(1) - ref_hi).abs() <= tol[0])
     assert torch.all((t_lo.double().sum(1) - ref_lo).abs() <= tol[1])
 
@@ -73,14 +83,14 @@ def test_kernel_gives_up_soundly_on_huge_or_nonfinite_values(bad, where):
         inputs["rows" if where != "rows" else "coef_hi"].mul_(1e20)
     else:
         _poke(inputs[where], bad)
-    hi, lo = outer_topk(inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
+    hi, lo = _topk(outer_topk, inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
     assert torch.all(hi == math.inf) and torch.all(lo == -math.inf)
 
 
 def test_kernel_keeps_large_finite_values():
     inputs = _unit_inputs()
     inputs["rows"][0, 1, 0, 2] = 1e30  # d = 1e30 at coordinates (o, 2) of sample 1: still exact
-    hi, lo = outer_topk(inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
+    hi, lo = _topk(outer_topk, inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
     assert torch.all(torch.isfinite(hi)) and hi.amax() == torch.tensor(1e30) and torch.all(lo == 0.0)
 
 
