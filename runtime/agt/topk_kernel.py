@@ -5,12 +5,12 @@ d_i[o, j] = sum_m c_i[o, m, +] max(u_i[m, j], 0) + c_i[o, m, -] min(u_i[m, j], 0
 for an upper and a lower coefficient set c (u_i: the M distinct input rows of sample i, e.g. the
 clean x and the poisoned x_lo, x_hi; c: gradient-factor bounds, see descent._sign_split_coefs).
 Materialising d (batch x |W|) and running torch.topk costs hundreds of times a plain SGD step;
-this kernel reads each sample's M input rows once per block of outputs, splits their signs in
-registers, and streams samples per output block in the order of a separable bound
-|d_i[o, j]| <= alpha_i[o] beta[j], stopping as soon as no remaining sample can enter any top-k
-(thresholds only grow, alpha only shrinks). Skipped samples are dominated by the k-th kept value,
+this kernel reads each sample's M input rows once per block of outputs, selects each coefficient
+by the input's sign, keeps a sorted top-k per weight, and streams samples per output block in the
+order of a separable bound |d_i[o, j]| <= alpha_i[o] beta[j], stopping as soon as no remaining
+sample can enter any top-k (thresholds only grow, alpha only shrinks). Skipped samples are dominated by the k-th kept value,
 so the returned top-k sums bound the exact ones up to the float32 rounding of the kept values,
-which the caller covers a priori.
+which the caller covers a priori. Layers with short input rows run transposed (``_transposed``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch import Tensor
 
 _INFLATE = 1.0 + 1e-6  # covers float32 rounding of alpha, beta and their product (u32 ~ 6e-8)
 _FINITE_CAP = 1e36  # |d| stays far below float32 overflow, so no inf or NaN arises inside the kernel
-BLOCK = 8  # outputs per task: one pass over a sample's rhs rows serves all of them
+BLOCK = 8  # outputs per task: one pass over a sample's input rows serves all of them
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
