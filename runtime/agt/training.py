@@ -2,7 +2,8 @@
 
 One run carries every budget point on a leading axis P; the nominal run (in ``dtype``, with the
 same recurrences as autograd) is computed once. Bounds run in float64 with a-priori rounding
-terms and outward rounding, and each step is hulled with the nominal parameters, so they contain
+terms and outward rounding (the forward pass over feature-poisoned inputs in ``dtype``: its widths
+come from eps), and each step is hulled with the nominal parameters, so they contain
 every exact-arithmetic and float64 run of every admissible poisoning and the nominal run exactly
 (``cover="all"``: every run in ``dtype`` too). Frozen leading layers are evaluated once.
 Overflowing bounds become +-inf (never NaN) and the first such step is recorded.
@@ -154,22 +155,29 @@ def _forward_fn(method: str):
 
 
 def _moved_forward(fwd_fn, graph: LayerGraph, plo: list[Tensor], phi: list[Tensor], x_in: tuple[Tensor, Tensor],
-                   clean: list[tuple[Tensor, Tensor]], moved: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Forward bounds over the poisoned input box, run only for the points where it differs from the clean input.
+                   clean: list[tuple[Tensor, Tensor]], moved: Tensor, pdt: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+    """Forward bounds over the poisoned input box, for the points where it differs from the clean input.
 
-    A point without feature poisoning (eps = 0) reuses its clean bounds, exactly what it gets alone.
+    The pass runs in ``pdt`` (the working dtype): its widths come from eps, far above that dtype's
+    rounding margins, and it is the costliest pass of a step. Parameters and inputs are rounded
+    outward to it, the results converted back exactly. A point without feature poisoning
+    (eps = 0) reuses its clean bounds, exactly what it gets alone.
     """
-    if bool(moved.all()):
-        return fwd_fn(graph, plo, phi, *x_in)
     idx = torch.nonzero(moved).flatten()
-    pick = lambda t: t.index_select(0, idx)  # noqa: E731
-    part = fwd_fn(graph, [pick(t) for t in plo], [pick(t) for t in phi], pick(x_in[0]), pick(x_in[1]))
+    every = idx.numel() == moved.numel()
+    pick = (lambda t: t) if every else (lambda t: t.index_select(0, idx))  # noqa: E731
+    down = lambda lo, hi: round_out(pick(lo), pick(hi), pdt)  # noqa: E731
+    p_lo, p_hi = zip(*(down(lo, hi) for lo, hi in zip(plo, phi)))
+    part = fwd_fn(graph, list(p_lo), list(p_hi), *down(*x_in))
     out = []
     p = moved.numel()
-    for (c_lo, c_hi), (p_lo, p_hi) in zip(clean, part):
-        lo = c_lo.expand(p, *c_lo.shape[1:]).index_copy(0, idx, p_lo)
-        hi = c_hi.expand(p, *c_hi.shape[1:]).index_copy(0, idx, p_hi)
-        out.append((lo, hi))
+    for (c_lo, c_hi), (m_lo, m_hi) in zip(clean, part):
+        m_lo, m_hi = m_lo.to(c_lo.dtype), m_hi.to(c_hi.dtype)
+        if every:
+            out.append((m_lo, m_hi))
+            continue
+        out.append((c_lo.expand(p, *c_lo.shape[1:]).index_copy(0, idx, m_lo),
+                    c_hi.expand(p, *c_hi.shape[1:]).index_copy(0, idx, m_hi)))
     return out
 
 
@@ -292,7 +300,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
             if feature_poison:
                 pin = (input_box(xc[idx].unsqueeze(0), eps) if pois_in is None
                        else (pois_in[0][:, idx], pois_in[1][:, idx]))
-                pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved)
+                pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved, dtype)
             else:
                 pin, pfwd = cin, fwd
             pz_lo, pz_hi = pfwd[top - start]
@@ -355,6 +363,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
                      first_nonfinite_step=first_bad,
                      arithmetic={"dtype": str(dtype).replace("torch.", ""),
                                  "bound_dtype": str(cdt).replace("torch.", ""),
+                                 "feature_poisoned_forward_dtype": str(dtype).replace("torch.", ""),
                                  "cover": cover,
                                  "contains": ("every float32 SGD run under the threat" if cover == "all" else
                                               "every exact-arithmetic and float64 SGD run under the threat, and the "
