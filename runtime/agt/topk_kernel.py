@@ -96,18 +96,21 @@ def _kernel(coef, rows, order, alpha, rest, beta, kmax, block, out_hi, out_lo, f
             for u in range(ob):
                 if not active[u] or alpha[p, o0 + u, i] <= 0.0:
                     continue
-                v_hi[:] = 0.0
-                v_lo[:] = 0.0
                 for m in range(m_n):
                     hp, hn = coef[p, o0 + u, i, 0, m, 0], coef[p, o0 + u, i, 0, m, 1]
                     lp, ln = coef[p, o0 + u, i, 1, m, 0], coef[p, o0 + u, i, 1, m, 1]
-                    if hp == 0.0 and hn == 0.0 and lp == 0.0 and ln == 0.0:
-                        continue
-                    for j in range(j_n):  # one of max(t, 0), min(t, 0) is zero: select the coefficient
-                        t = rows[q, i, m, j]
-                        up = t > 0.0
-                        v_hi[j] += (hp if up else hn) * t
-                        v_lo[j] -= (lp if up else ln) * t
+                    if m == 0:  # the first row writes, the others accumulate (one of max(x, 0),
+                        for j in range(j_n):  # min(x, 0) is zero: select the coefficient by x's sign)
+                            x = rows[q, i, 0, j]
+                            up = x > 0.0
+                            v_hi[j] = (hp if up else hn) * x
+                            v_lo[j] = -((lp if up else ln) * x)
+                    elif hp != 0.0 or hn != 0.0 or lp != 0.0 or ln != 0.0:
+                        for j in range(j_n):
+                            x = rows[q, i, m, j]
+                            up = x > 0.0
+                            v_hi[j] += (hp if up else hn) * x
+                            v_lo[j] -= (lp if up else ln) * x
                 t0 = u * j_n
                 for j in range(j_n):  # inserts are rare after the first samples: predictable branches
                     if v_hi[j] > th_hi[t0 + j]:
