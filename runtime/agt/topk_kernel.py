@@ -112,11 +112,19 @@ def _kernel(coef, rows, order, alpha, rest, beta, kmax, block, out_hi, out_lo, f
                             v_hi[j] += (hp if up else hn) * x
                             v_lo[j] -= (lp if up else ln) * x
                 t0 = u * j_n
+                if kmax == 1:  # the top-1 is a running maximum: branch-free
+                    for j in range(j_n):
+                        th_hi[t0 + j] = max(th_hi[t0 + j], v_hi[j])
+                        th_lo[t0 + j] = max(th_lo[t0 + j], v_lo[j])
+                    continue
                 for j in range(j_n):  # inserts are rare after the first samples: predictable branches
                     if v_hi[j] > th_hi[t0 + j]:
                         th_hi[t0 + j] = _insert(best_hi, (t0 + j) * kmax, kmax, v_hi[j])
                     if v_lo[j] > th_lo[t0 + j]:
                         th_lo[t0 + j] = _insert(best_lo, (t0 + j) * kmax, kmax, v_lo[j])
+        if kmax == 1:
+            best_hi[:] = th_hi
+            best_lo[:] = th_lo
         for u in range(ob):
             for j in range(j_n):
                 for kk in range(kmax):
