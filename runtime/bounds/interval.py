@@ -76,6 +76,8 @@ def widen(lo: Tensor, hi: Tensor, rel: float, absolute: float = 0.0) -> Bounds:
 
 def round_out(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> Bounds:
     """Round bounds to ``dtype`` without losing containment (one ulp outward where rounding went inward)."""
+    if lo.dtype == dtype and hi.dtype == dtype:
+        return lo, hi
     lo_d, hi_d = lo.to(dtype), hi.to(dtype)
     lo_d = torch.where(lo_d.to(lo.dtype) > lo, torch.nextafter(lo_d, lo_d.new_tensor(-math.inf)), lo_d)
     hi_d = torch.where(hi_d.to(hi.dtype) < hi, torch.nextafter(hi_d, hi_d.new_tensor(math.inf)), hi_d)
@@ -83,16 +85,18 @@ def round_out(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> Bounds:
 
 
 def input_box(x: Tensor, eps: Tensor | float, dtype: torch.dtype | None = None) -> Bounds:
-    """[x - eps, x + eps] around data x, containing the real box: computed in float64 with eps's own
-    rounding (a decimal budget is stored to within u * eps) and the subtraction's covered, then
-    rounded outward to ``dtype`` (default x's). Where eps = 0 the box is x itself, exactly."""
-    dtype = dtype or x.dtype
+    """[x - eps, x + eps] around finite data x, containing the real box: computed in float64 with
+    eps's own rounding (a decimal budget is stored to within u * eps) and the subtraction's covered,
+    then rounded outward to ``dtype`` (default x's). Where eps = 0 the box is x itself, exactly."""
     x64 = x.to(torch.float64)
     e = torch.as_tensor(eps, dtype=torch.float64, device=x.device)
-    pad = e * (2 * torch.finfo(torch.float64).eps)
-    lo, hi = round_out(*outward(x64 - e - pad, x64 + e + pad), dtype)
-    xd = x.to(dtype)
-    return torch.where(e > 0, lo, xd), torch.where(e > 0, hi, xd)
+    r = e * (1 + 4 * torch.finfo(torch.float64).eps)  # >= the real eps after its own rounding
+    lo, hi = x64 - r, x64 + r
+    torch.nextafter(lo, lo.new_tensor(-math.inf), out=lo)  # the subtraction's rounding (no NaN: x finite)
+    torch.nextafter(hi, hi.new_tensor(math.inf), out=hi)
+    if not bool((e > 0).all()):
+        lo, hi = torch.where(e > 0, lo, x64), torch.where(e > 0, hi, x64)
+    return round_out(lo, hi, dtype or x.dtype)
 
 
 def mid_rad(lo: Tensor, hi: Tensor) -> Bounds:
