@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pcert.compiler.graph import Layer
-from pcert.runtime.bounds.interval import Bounds, gamma, matmul_bounds, mid_rad, outward, unit_roundoff
+from pcert.runtime.bounds.interval import (Bounds, covers_coarser, gamma, matmul_bounds, mid_rad, outward,
+                                           unit_roundoff)
 
 from .backward import Factors
 from .topk_kernel import outer_topk
@@ -289,15 +290,15 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     tops = []
     for q in range(p):
         pick = lambda t: t[q:q + 1] if t.shape[0] > 1 else t  # noqa: E731
+        k = adv.k[q]
+        if k == 0:  # not attacked: _select_sum gives 0
+            tops.append((torch.zeros(1, kmax, sum_lo.shape[1], device=sum_lo.device),) * 2)
+            continue
         point = lambda cs: [(a[q:q + 1], b[q:q + 1]) for a, b in cs]  # noqa: E731
         clean = ([pick(r) for r in rows_c], point(lo_c), point(hi_c))
         g_lo, g_hi, x_lo, x_hi = (pick(sq(t)) for t in (pz.g_lo, pz.g_hi, pz.x_lo, pz.x_hi))
         poisoned = _sign_split_coefs(g_lo, g_hi, x_lo, x_hi, _same(x_lo, x_hi))
         rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
-        k = adv.k[q]
-        if k == 0:  # not attacked: _select_sum gives 0
-            tops.append((torch.zeros(1, kmax, sum_lo.shape[1], device=sum_lo.device),) * 2)
-            continue
         topk = outer_topk if rows[0].device.type == "cpu" else _streamed_topk
         t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # this point's own k: fewer inserts, earlier exits
         pad = (0, 0, 0, kmax - k)  # slots past k never enter this point's top-k sum
@@ -331,7 +332,7 @@ def _batch_rounding(own_terms: int, own_factor: float, run_terms: int, dtype: to
     """
     u = torch.finfo(dtype).eps / 2
     own = own_factor * own_terms * u / (1 - own_terms * u)
-    return own + (gamma(run_terms + 4, dtype) if unit_roundoff(dtype) > u else 0.0)
+    return own + (gamma(run_terms + 4, dtype) if covers_coarser(dtype) else 0.0)
 
 
 def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
@@ -341,8 +342,9 @@ def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
     midpoint-radius form, equal to the sign-split form in exact arithmetic, with its rounded
     midpoint and radius), the top-k totals and their addition; sum_i |G_i||X_i| <= b Gmax (x) Xmax
     (maxima over the batch, clean plus poisoned), or the sum itself (one matmul) when coarser
-    rounding is covered (cover="all", see ``_batch_rounding``), where the term is not negligible. Float32: each kept
-    per-sample difference (<= 8 products from rounded factors, within 2 |G_i||X_i|) plus underflow;
+    rounding is covered (cover="all", see ``_batch_rounding``), where the term is not negligible.
+    Float32: each kept per-sample difference (<= 8 products from rounded factors, within
+    2 |G_i||X_i|) plus underflow;
     only the k kept values enter the bound, and the computed top-k sum is at least the sum of the
     computed values of the exact top-k set, so k times the largest per-sample error suffices.
     """
@@ -353,7 +355,7 @@ def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
     gx = (g_max.unsqueeze(-1) * x_max.unsqueeze(-2)).flatten(1)  # [P, out * in]
     b, dtype = lg.clean.g_lo.shape[1], lg.clean.g_lo.dtype
     rel = _batch_rounding(8 * b + max(adv.k) + 16, 4, b, dtype)
-    if unit_roundoff(dtype) > torch.finfo(dtype).eps / 2:  # the coarse term is not negligible: exact sum
+    if covers_coarser(dtype):  # the coarse term is not negligible: the exact sum
         err = rel * _mag_sum(lg)
     else:
         err = rel * b * (torch.cat((gx, g_max), 1) if lg.bias else gx)

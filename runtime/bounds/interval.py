@@ -45,6 +45,11 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return max(torch.finfo(dtype).eps / 2, _COVER["u"])
 
 
+def covers_coarser(dtype: torch.dtype) -> bool:
+    """Inside ``covering`` of a dtype coarser than ``dtype``: margins must also hold for its runs."""
+    return _COVER["u"] > torch.finfo(dtype).eps / 2
+
+
 def gamma(k: int, dtype: torch.dtype) -> float:
     """Higham's gamma_k: relative error bound of a length-k dot product or sum."""
     ku = k * unit_roundoff(dtype)
@@ -60,7 +65,7 @@ def sanitize(lo: Tensor, hi: Tensor) -> Bounds:
 
 def outward(lo: Tensor, hi: Tensor) -> Bounds:
     """Widen by one ulp each way (covers one rounding of each end point); NaN -> infinite side."""
-    if _COVER["u"] > torch.finfo(lo.dtype).eps / 2:
+    if covers_coarser(lo.dtype):
         r, t = 2 * _COVER["u"], _COVER["tiny"]
         lo, hi = lo - (lo.abs() * r + t), hi + (hi.abs() * r + t)
     lo = torch.nextafter(lo, lo.new_tensor(-math.inf))
