@@ -36,14 +36,14 @@ def _data(spec, seed=0):
     return graph, x, y
 
 
-def _plain_step_seconds(graph, x, y, batch, device, reps=5):
+def _plain_step_seconds(graph, x, y, batch, device, reps=30, warmup=10):
     from pcert.compiler.torch_model import to_torch
     model = to_torch(graph).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     xb = torch.as_tensor(x[:batch], device=device)
     yb = torch.as_tensor(y[:batch], device=device)
     times = []
-    for _ in range(reps + 1):
+    for _ in range(warmup + reps):  # the warm-up also lets a GPU leave its idle clocks
         t0 = time.perf_counter()
         opt.zero_grad()
         F.cross_entropy(model(xb), yb).backward()
@@ -51,7 +51,7 @@ def _plain_step_seconds(graph, x, y, batch, device, reps=5):
         if device != "cpu":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:]))
+    return float(np.median(times[warmup:]))
 
 
 def _agt_step_seconds(graph, x, y, spec, points, method, device, steps):

@@ -23,10 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pcert.compiler.graph import Layer
+from pcert.runtime.constants import constant
 from pcert.runtime.bounds.interval import (Bounds, covers_coarser, gamma, matmul_bounds, mid_rad, outward,
                                            unit_roundoff)
 
 from .backward import Factors
+from . import topk_triton
 from .topk_kernel import outer_topk
 
 CHUNK_ELEMENTS = 1 << 23  # per-sample values held at once per tensor (~32 MB in float32)
@@ -52,6 +54,7 @@ class Adversary:
     clip: float | None
     clip_method: str
     untrusted: Tensor | None     # [b] bool; None = all rows may be poisoned
+    moved: list[bool]            # per point: its poisoned layer inputs differ from the clean ones (eps > 0)
 
 
 def _arrange(t: Tensor) -> Tensor:
@@ -164,7 +167,7 @@ def _select_sum(best: Tensor | None, k: list[int], largest: bool) -> Tensor:
         return None
     vals = torch.sort(best, dim=1, descending=largest).values
     csum = torch.cumsum(vals, 1)
-    kk = torch.tensor(k, device=best.device)
+    kk = constant(tuple(k), torch.int64, best.device)
     idx = (kk - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, vals.shape[2])
     out = torch.gather(csum, 1, idx).squeeze(1)
     return torch.where((kk > 0).view(-1, 1), out, torch.zeros_like(out))
@@ -204,11 +207,6 @@ def _sign_split_coefs(g_lo: Tensor, g_hi: Tensor, x_lo: Tensor, x_hi: Tensor,
     return [x_lo, x_hi], [(gp_l, gp_h), (gn_l, gn_h)], [(gn_h, gn_l), (gp_h, gp_l)]
 
 
-def _same(a: Tensor, b: Tensor) -> bool:
-    """Equal rows are merged by value, so a sweep point computes exactly what it computes alone."""
-    return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
-
-
 def _factored_sum(coefs: Coefs, rows: list[Tensor]) -> Tensor:
     """sum_i of the sign-split products over the batch: [P, out, in] (2 matmuls per row)."""
     return sum(torch.matmul(cp.transpose(1, 2), u.clamp(min=0)) + torch.matmul(cn.transpose(1, 2), u.clamp(max=0))
@@ -244,17 +242,24 @@ def _streamed_topk(coef_hi: Coefs, coef_lo: Coefs, rows: list[Tensor], keep: Ten
     return best_hi.values().transpose(1, 2), best_lo.values().transpose(1, 2)
 
 
+def _topk_for(device: torch.device):
+    """The fused kernel for the device: numba on the CPU, Triton on CUDA, chunked torch ops elsewhere."""
+    if device.type == "cpu":
+        return outer_topk
+    return topk_triton.outer_topk_triton if device.type == "cuda" and topk_triton.available() else _streamed_topk
+
+
 def _difference_coefs(clean: tuple, poisoned: tuple) -> tuple[list[Tensor], Coefs, Coefs]:
     """Coefficients of U~_i - U_i (hi) and L~_i - L_i (lo) over the union of both factors' rows.
 
-    A row the clean and the poisoned factors share (labels poisoned, features not) is listed once,
-    with the coefficient difference, so the kernel reads and multiplies it once.
+    A row the clean and the poisoned factors share (labels poisoned, features not: the same tensor)
+    is listed once, with the coefficient difference, so the kernel reads and multiplies it once.
     """
     (rows_c, lo_c, hi_c), (rows_p, lo_p, hi_p) = clean, poisoned
     rows, d_lo, d_hi = list(rows_p), list(lo_p), list(hi_p)
     minus = lambda a, b: (a[0] - b[0], a[1] - b[1])  # noqa: E731
     for row, c_lo, c_hi in zip(rows_c, lo_c, hi_c):
-        hit = next((n for n, r in enumerate(rows_p) if _same(r, row)), None)
+        hit = next((n for n, r in enumerate(rows_p) if r is row), None)
         if hit is None:
             rows.append(row)
             d_lo.append((-c_lo[0], -c_lo[1]))
@@ -296,10 +301,14 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
             continue
         point = lambda cs: [(a[q:q + 1], b[q:q + 1]) for a, b in cs]  # noqa: E731
         clean = ([pick(r) for r in rows_c], point(lo_c), point(hi_c))
-        g_lo, g_hi, x_lo, x_hi = (pick(sq(t)) for t in (pz.g_lo, pz.g_hi, pz.x_lo, pz.x_hi))
-        poisoned = _sign_split_coefs(g_lo, g_hi, x_lo, x_hi, _same(x_lo, x_hi))
+        g_lo, g_hi = pick(sq(pz.g_lo)), pick(sq(pz.g_hi))
+        if adv.moved[q]:
+            poisoned = _sign_split_coefs(g_lo, g_hi, pick(sq(pz.x_lo)), pick(sq(pz.x_hi)), pz.x_lo is pz.x_hi)
+        else:  # the poisoned inputs are the clean ones: share their rows (merged below), as when run alone
+            rows_q = clean[0]
+            poisoned = _sign_split_coefs(g_lo, g_hi, rows_q[0], rows_q[-1], len(rows_q) == 1)
         rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
-        topk = outer_topk if rows[0].device.type == "cpu" else _streamed_topk
+        topk = _topk_for(rows[0].device)
         t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # this point's own k: fewer inserts, earlier exits
         pad = (0, 0, 0, kmax - k)  # slots past k never enter this point's top-k sum
         tops.append((F.pad(t_hi, pad, value=-math.inf), F.pad(t_lo, pad, value=math.inf)))
@@ -359,7 +368,7 @@ def _linear_error(lg: LayerGrads, adv: Adversary) -> Tensor:
         err = rel * _mag_sum(lg)
     else:
         err = rel * b * (torch.cat((gx, g_max), 1) if lg.bias else gx)
-    k = torch.tensor(adv.k, dtype=gx.dtype, device=gx.device).view(-1, 1)
+    k = constant(tuple(adv.k), gx.dtype, gx.device).view(-1, 1)
     # float32 products of the kept values, and their underflow: 8 products, each flushed (< 2**-126)
     # or gradual, and the conversion of tiny inputs (< 2**-150 times the other factor)
     tiny = 8 * (2.0 ** -125 + 2.0 ** -149 * torch.maximum(g_max.amax(), x_max.amax()))
@@ -389,7 +398,7 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
     n_params = sum(lg.clean.g_lo.shape[2] * lg.clean.g_lo.shape[3] * (lg.clean.x_lo.shape[3] + (1 if lg.bias else 0))
                    for lg in layers)
     chunks = _chunks(b, 2 * p * n_params)
-    unb = torch.tensor(adv.unbounded, device=ref.device).view(-1, 1, 1)
+    unb = constant(tuple(adv.unbounded), torch.bool, ref.device).view(-1, 1, 1)
     untrusted = adv.untrusted
     scales = _norm_scales(layers, chunks, kappa, n_params) if kappa is not None and adv.clip_method == "norm" else None
 
@@ -404,10 +413,10 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
     bounds: list[Bounds] = []
     nominal: list[Tensor] = []
     # points without a top-k keep the matmul sums, so a sweep equals separate runs per point
-    attacked = (torch.tensor(adv.k, device=ref.device) > 0).view(-1, 1)
+    attacked = constant(tuple(k > 0 for k in adv.k), torch.bool, ref.device).view(-1, 1)
     for lg in layers:
         single = lg.clean.g_lo.shape[-1] == 1 and lg.clean.g_lo.shape[2] == 1
-        needs_rump = kappa is None and not (single and bool(attacked.all()))
+        needs_rump = kappa is None and not (single and all(k > 0 for k in adv.k))
         rump = _sum_bounds(lg.clean, lg.bias) if needs_rump else None
         if kappa is None:
             nominal.append(_nominal_sum(lg))

@@ -25,11 +25,13 @@ from pcert.compiler.torch_model import to_torch
 from pcert.errors import DataError, UserError
 from pcert.runtime.bounds.ibp import param_index
 from pcert.runtime.bounds.interval import covering, input_box, outward, round_out, sanitize
+from pcert.runtime.constants import constant
 from pcert.runtime.memory import retain_freed_memory
 
 from .backward import Factors, backward_bounds, backward_point, forward_point
 from .config import AGTResult, BudgetPoint, TrainConfig
 from .descent import Adversary, LayerGrads, descent_sums
+from .graphed import GraphedSteps
 from .losses import LabelModel, loss_grad, loss_grad_bounds
 
 
@@ -155,7 +157,7 @@ def _forward_fn(method: str):
 
 
 def _moved_forward(fwd_fn, graph: LayerGraph, plo: list[Tensor], phi: list[Tensor], x_in: tuple[Tensor, Tensor],
-                   clean: list[tuple[Tensor, Tensor]], moved: Tensor, pdt: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+                   clean: list[tuple[Tensor, Tensor]], moved: list[bool], pdt: torch.dtype) -> list[tuple[Tensor, Tensor]]:
     """Forward bounds over the poisoned input box, for the points where it differs from the clean input.
 
     The pass runs in ``pdt`` (the working dtype): its widths come from eps, far above that dtype's
@@ -163,14 +165,14 @@ def _moved_forward(fwd_fn, graph: LayerGraph, plo: list[Tensor], phi: list[Tenso
     outward to it, the results converted back exactly. A point without feature poisoning
     (eps = 0) reuses its clean bounds, exactly what it gets alone.
     """
-    idx = torch.nonzero(moved).flatten()
-    every = idx.numel() == moved.numel()
+    every = all(moved)
+    idx = constant(tuple(q for q, m in enumerate(moved) if m), torch.int64, plo[0].device)
     pick = (lambda t: t) if every else (lambda t: t.index_select(0, idx))  # noqa: E731
     down = lambda lo, hi: round_out(pick(lo), pick(hi), pdt)  # noqa: E731
     p_lo, p_hi = zip(*(down(lo, hi) for lo, hi in zip(plo, phi)))
     part = fwd_fn(graph, list(p_lo), list(p_hi), *down(*x_in))
     out = []
-    p = moved.numel()
+    p = len(moved)
     for (c_lo, c_hi), (m_lo, m_hi) in zip(clean, part):
         m_lo, m_hi = m_lo.to(c_lo.dtype), m_hi.to(c_hi.dtype)
         if every:
@@ -187,8 +189,10 @@ def _width_stats(lo: list[Tensor], hi: list[Tensor], slots) -> list[list[dict]]:
     for wi, bi in slots.values():
         ws = [(hi[wi] - lo[wi]).flatten(1)] + ([(hi[bi] - lo[bi]).flatten(1)] if bi is not None else [])
         per_layer.append(torch.cat(ws, 1))
-    for p in range(lo[0].shape[0]):
-        stats.append([{"min": float(w[p].min()), "mean": float(w[p].mean()), "max": float(w[p].max())} for w in per_layer])
+    # one host transfer for all of them: [P, layers, 3]
+    table = torch.stack([torch.stack((w.amin(1), w.mean(1), w.amax(1)), 1) for w in per_layer], 1).tolist()
+    for rows in table:
+        stats.append([{"min": lo_, "mean": mean, "max": hi_} for lo_, mean, hi_ in rows])
     return stats
 
 
@@ -231,7 +235,8 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         tr = np.asarray(trusted, dtype=bool)
         if tr.shape != (n,):
             raise DataError(f"data: trusted mask has shape {list(tr.shape)}, expected [{n}]")
-        untrusted_all = torch.as_tensor(~tr, device=device)
+        untrusted_np = ~tr
+        untrusted_all = torch.as_tensor(untrusted_np, device=device)
     slots = param_index(graph)
     start = par[cfg.frozen]
     top = _loss_top(graph, cfg.loss)
@@ -241,11 +246,11 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
     phi = [t.clone() for t in plo]
     first_train = slots[start][0]
     sub = LayerGraph(graph.layers[start].in_shape, graph.layers[start:])
-    eps = torch.tensor([pt.eps if pt.kind == "bounded" else 0.0 for pt in points], dtype=cdt, device=device)
+    eps = torch.tensor([pt.eps if pt.kind == "bounded" else 0.0 for pt in points], dtype=cdt)  # host: input_box
     eps = eps.view(p, *[1] * (1 + len(graph.input_shape)))  # l1/l2 balls lie inside the l_inf box
     needs_poison = any(pt.kind == "bounded" and pt.budget() > 0 for pt in points)
-    moved = eps.flatten(1)[:, 0] > 0  # points whose poisoned inputs leave the clean ones
-    feature_poison = needs_poison and bool(moved.any())
+    moved = [pt.kind == "bounded" and pt.eps > 0 for pt in points]  # poisoned inputs leave the clean ones
+    feature_poison = needs_poison and any(moved)
     labels = [_label_model(pt) for pt in points]
     n_classes = 2 if cfg.loss == "binary_cross_entropy" else int(np.prod(graph.output_shape))
     for pt in points:
@@ -271,12 +276,12 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
     order = batch_order(n, cfg)
     steps: list[dict] = []
     first_bad: list[int | None] = [None] * p
-    vel_lo: list[Tensor] | None = None
-    vel_hi: list[Tensor] | None = None
-    vel_nom: list[Tensor] | None = None
+    vel: list[list[Tensor]] = []  # momentum buffers (lo, hi, nominal per parameter), from the first step on
     budgets = [pt.budget() for pt in points]
-    for t, (epoch, idx_np) in enumerate(order):
-        idx = torch.as_tensor(idx_np, device=device)
+
+    def step(idx: Tensor, idx_np: np.ndarray, lr: Tensor) -> None:
+        """One AGT step, updating nominal, plo, phi (and the velocities) in place, so that a
+        captured replay (``graphed.GraphedSteps``) reads and writes the same tensors."""
         b = idx.numel()
         yb, ybc = yt[idx], yc[idx]
         # nominal step (point arithmetic, the same recurrences as autograd)
@@ -314,11 +319,10 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         layer_ids = sorted(cf)
         grads = [LayerGrads(sub.layers[i], cf[i], pf[i] if pf is not None else None, nfac[i],
                             sub_slots[i][1] is not None) for i in layer_ids]
-        n_untrusted = b if untrusted_all is None else int(untrusted_all[idx].sum())
+        n_untrusted = b if untrusted_all is None else int(untrusted_np[idx_np].sum())
         adv = Adversary([min(k, n_untrusted) for k in budgets], [pt.kind == "unbounded" for pt in points],
-                        cfg.clip, cfg.clip_method, None if untrusted_all is None else untrusted_all[idx])
+                        cfg.clip, cfg.clip_method, None if untrusted_all is None else untrusted_all[idx], moved)
         sums, nom_sums = descent_sums(grads, adv)
-        lr_t = cfg.lr / (1.0 + cfg.lr_decay * t)
         d_lo, d_hi, d_nom = [], [], []
         for i, (s_lo, s_hi), s_n in zip(layer_ids, sums, nom_sums):
             wi, bi = sub_slots[i]
@@ -331,22 +335,33 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
                 d_hi.append(part_hi.reshape(p, *shape))
                 d_nom.append(part_n.reshape(shape))
         if cfg.momentum:
-            if vel_lo is None:
-                vel_lo, vel_hi, vel_nom = d_lo, d_hi, d_nom
+            if not vel:
+                vel.extend([lo_.clone(), hi_.clone(), n_.clone()] for lo_, hi_, n_ in zip(d_lo, d_hi, d_nom))
             else:
                 mu = cfg.momentum
-                scaled = [outward(vl * mu, vh * mu) for vl, vh in zip(vel_lo, vel_hi)]
-                summed = [outward(a + dl, b + dh) for (a, b), dl, dh in zip(scaled, d_lo, d_hi)]
-                vel_lo, vel_hi = [v[0] for v in summed], [v[1] for v in summed]
-                vel_nom = [v * mu + d for v, d in zip(vel_nom, d_nom)]
-            d_lo, d_hi, d_nom = vel_lo, vel_hi, vel_nom
+                for v, dl, dh, dn in zip(vel, d_lo, d_hi, d_nom):
+                    v_lo, v_hi = outward(v[0] * mu, v[1] * mu)
+                    v_lo, v_hi = outward(v_lo + dl, v_hi + dh)
+                    v[0].copy_(v_lo)
+                    v[1].copy_(v_hi)
+                    v[2].mul_(mu).add_(dn)
+            d_lo, d_hi, d_nom = ([v[r] for v in vel] for r in range(3))
         for j, (dl, dh, dn) in enumerate(zip(d_lo, d_hi, d_nom)):
             k = first_train + j
-            step_lo, step_hi = outward(dl * lr_t, dh * lr_t)
-            nominal[k] = nominal[k].add(dn, alpha=-lr_t)
+            step_lo, step_hi = outward(dl * lr, dh * lr)
+            nominal[k].sub_(dn * lr.to(nominal[k].dtype))
             lo_k, hi_k = outward(plo[k] - step_hi, phi[k] - step_lo)
             nk = nominal[k].to(cdt)  # hull with the float nominal run: contained exactly, by construction
-            plo[k], phi[k] = sanitize(torch.minimum(lo_k, nk), torch.maximum(hi_k, nk))  # NaN nominal -> +-inf
+            lo_k, hi_k = sanitize(torch.minimum(lo_k, nk), torch.maximum(hi_k, nk))  # NaN nominal -> +-inf
+            plo[k].copy_(lo_k)
+            phi[k].copy_(hi_k)
+
+    # every step's indices uploaded at once (each upload from host memory waits for the device)
+    order_dev = torch.as_tensor(np.concatenate([i for _, i in order]), device=device).split([len(i) for _, i in order])
+    steps_run = GraphedSteps(step, enabled=torch.device(device).type == "cuda" and untrusted_all is None)
+    for t, ((epoch, idx_np), idx) in enumerate(zip(order, order_dev)):
+        lr_t = cfg.lr / (1.0 + cfg.lr_decay * t)
+        steps_run(idx, idx_np, lr_t)
         bad = torch.zeros(p, dtype=torch.bool, device=device)
         for lo_, hi_ in zip(plo[first_train:], phi[first_train:]):
             bad |= ~(torch.isfinite(lo_).flatten(1).all(1) & torch.isfinite(hi_).flatten(1).all(1))

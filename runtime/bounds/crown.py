@@ -28,7 +28,7 @@ from torch import Tensor
 
 from pcert.compiler.graph import Layer, LayerGraph
 from pcert.runtime.bounds.ibp import layer_bounds, param_index
-from pcert.runtime.bounds.interval import activation_bounds, matmul_bounds, sanitize
+from pcert.runtime.bounds.interval import activation_bounds, down, matmul_bounds, sanitize, up
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 RESHAPES = ("flatten", "reshape")
@@ -39,27 +39,18 @@ _BISECT_STEPS = 30
 
 
 # --------------------------------------------------------------------------- float helpers
-def _up(x: Tensor) -> Tensor:
-    """One ulp up: makes a round-to-nearest result an upper bound of the exact one."""
-    return torch.nextafter(x, torch.full_like(x, math.inf))
-
-
-def _down(x: Tensor) -> Tensor:
-    return torch.nextafter(x, torch.full_like(x, -math.inf))
-
-
 def _mul_upper(a_lo: Tensor, a_hi: Tensor, b_lo: Tensor, b_hi: Tensor) -> Tensor:
     """Upper end of the element-wise interval product (the only end back-substitution needs;
     cheaper than ``interval.mul_bounds``). NaN (0 * inf) is left for the final sanitize."""
-    return _up(torch.maximum(torch.maximum(a_lo * b_lo, a_lo * b_hi), torch.maximum(a_hi * b_lo, a_hi * b_hi)))
+    return up(torch.maximum(torch.maximum(a_lo * b_lo, a_lo * b_hi), torch.maximum(a_hi * b_lo, a_hi * b_hi)))
 
 
 def _round_to(x64: Tensor, dtype: torch.dtype, upward: bool) -> Tensor:
     """Convert float64 to ``dtype`` rounding toward +inf (upward) or -inf."""
     r = x64.to(dtype)
     if upward:
-        return torch.where(r.double() < x64, _up(r), r)
-    return torch.where(r.double() > x64, _down(r), r)
+        return torch.where(r.double() < x64, up(r), r)
+    return torch.where(r.double() > x64, down(r), r)
 
 
 def _sum_up(t: Tensor, dim: int = -1) -> Tensor:
@@ -70,7 +61,7 @@ def _sum_up(t: Tensor, dim: int = -1) -> Tensor:
     if n == 0:
         return t.sum(dim)
     eps = torch.finfo(t.dtype).eps
-    return _up(t.sum(dim) + t.abs().sum(dim) * (2.0 * n * eps))
+    return up(t.sum(dim) + t.abs().sum(dim) * (2.0 * n * eps))
 
 
 # --------------------------------------------------------------------------- relaxations
@@ -233,13 +224,13 @@ def _backsub(graph: LayerGraph, affine, k: int, flat_bounds: list[tuple[Tensor, 
             w_lo, w_hi, b_lo, b_hi = affine[i]
             if b_lo is not None:
                 _, bias_hi = matmul_bounds(b_lo[:, None, None, :], b_hi[:, None, None, :], a_lo, a_hi)
-                const = _up(const + bias_hi.squeeze(-2))
+                const = up(const + bias_hi.squeeze(-2))
             a_lo, a_hi = matmul_bounds(a_lo, a_hi, w_lo.mT.unsqueeze(1), w_hi.mT.unsqueeze(1))
             continue
         pre_lo, pre_hi = flat_bounds[i - 1] if i > 0 else (x_lo, x_hi)
         a_lo, a_hi, const = _through_activation(layer.op, a_lo, a_hi, const, pre_lo, pre_hi)
     _, x_term = matmul_bounds(x_lo.unsqueeze(-2), x_hi.unsqueeze(-2), a_lo, a_hi)
-    upper = _up(const + x_term.squeeze(-2))
+    upper = up(const + x_term.squeeze(-2))
     return sanitize(-upper[..., n_k:], upper[..., :n_k])
 
 
@@ -259,7 +250,7 @@ def _through_activation(op: str, a_lo: Tensor, a_hi: Tensor, const: Tensor,
     slope = torch.where(concrete, 0.0, torch.where(upper, sl_u, sl_l))
     icept = torch.where(upper, ic_u, ic_l)
     c_hi = _mul_upper(a_lo, a_hi, torch.where(concrete, post_lo, icept), torch.where(concrete, post_hi, icept))
-    return _down(a_lo * slope), _up(a_hi * slope), _up(const + _sum_up(c_hi))
+    return down(a_lo * slope), up(a_hi * slope), up(const + _sum_up(c_hi))
 
 
 # --------------------------------------------------------------------------- layers

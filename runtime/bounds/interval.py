@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pcert.runtime.constants import constant
+
 Bounds = tuple[Tensor, Tensor]
 
 
@@ -68,9 +70,17 @@ def outward(lo: Tensor, hi: Tensor) -> Bounds:
     if covers_coarser(lo.dtype):
         r, t = 2 * _COVER["u"], _COVER["tiny"]
         lo, hi = lo - (lo.abs() * r + t), hi + (hi.abs() * r + t)
-    lo = torch.nextafter(lo, lo.new_tensor(-math.inf))
-    hi = torch.nextafter(hi, hi.new_tensor(math.inf))
-    return sanitize(lo, hi)
+    return sanitize(down(lo), up(hi))
+
+
+def down(t: Tensor) -> Tensor:
+    """The next float below each element (one ulp toward -inf)."""
+    return torch.nextafter(t, constant(-math.inf, t.dtype, t.device))
+
+
+def up(t: Tensor) -> Tensor:
+    """The next float above each element (one ulp toward +inf)."""
+    return torch.nextafter(t, constant(math.inf, t.dtype, t.device))
 
 
 def widen(lo: Tensor, hi: Tensor, rel: float, absolute: float = 0.0) -> Bounds:
@@ -84,8 +94,8 @@ def round_out(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> Bounds:
     if lo.dtype == dtype and hi.dtype == dtype:
         return lo, hi
     lo_d, hi_d = lo.to(dtype), hi.to(dtype)
-    lo_d = torch.where(lo_d.to(lo.dtype) > lo, torch.nextafter(lo_d, lo_d.new_tensor(-math.inf)), lo_d)
-    hi_d = torch.where(hi_d.to(hi.dtype) < hi, torch.nextafter(hi_d, hi_d.new_tensor(math.inf)), hi_d)
+    lo_d = torch.where(lo_d.to(lo.dtype) > lo, down(lo_d), lo_d)
+    hi_d = torch.where(hi_d.to(hi.dtype) < hi, up(hi_d), hi_d)
     return lo_d, hi_d
 
 
@@ -94,12 +104,13 @@ def input_box(x: Tensor, eps: Tensor | float, dtype: torch.dtype | None = None) 
     eps's own rounding (a decimal budget is stored to within u * eps) and the subtraction's covered,
     then rounded outward to ``dtype`` (default x's). Where eps = 0 the box is x itself, exactly."""
     x64 = x.to(torch.float64)
-    e = torch.as_tensor(eps, dtype=torch.float64, device=x.device)
+    e_host = torch.as_tensor(eps, dtype=torch.float64, device="cpu")  # a few budgets: tested on the host
+    e = constant(tuple(e_host.flatten().tolist()), torch.float64, x.device).view(e_host.shape)
     r = e * (1 + 4 * torch.finfo(torch.float64).eps)  # >= the real eps after its own rounding
     lo, hi = x64 - r, x64 + r
-    torch.nextafter(lo, lo.new_tensor(-math.inf), out=lo)  # the subtraction's rounding (no NaN: x finite)
-    torch.nextafter(hi, hi.new_tensor(math.inf), out=hi)
-    if not bool((e > 0).all()):
+    torch.nextafter(lo, constant(-math.inf, lo.dtype, lo.device), out=lo)  # the subtraction's rounding
+    torch.nextafter(hi, constant(math.inf, hi.dtype, hi.device), out=hi)  # (no NaN: x is finite)
+    if not bool((e_host > 0).all()):
         lo, hi = torch.where(e > 0, lo, x64), torch.where(e > 0, hi, x64)
     return round_out(lo, hi, dtype or x.dtype)
 
@@ -108,7 +119,7 @@ def mid_rad(lo: Tensor, hi: Tensor) -> Bounds:
     """Midpoint and a radius rounded up so that [mid - rad, mid + rad] contains [lo, hi]."""
     mid = lo * 0.5 + hi * 0.5
     rad = torch.maximum(hi - mid, mid - lo)
-    rad = torch.where(hi == lo, torch.zeros_like(rad), torch.nextafter(rad, rad.new_tensor(math.inf)))
+    rad = torch.where(hi == lo, torch.zeros_like(rad), up(rad))
     return mid, rad
 
 

@@ -1,9 +1,10 @@
-"""The fused CPU top-k kernel against torch.topk over materialised per-sample differences."""
+"""The fused top-k kernels (numba on the CPU, Triton on CUDA) against exact top-k sums of materialised
+per-sample differences."""
 import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pcert.runtime.agt.descent import _streamed_topk
 from pcert.runtime.agt.topk_kernel import outer_topk
@@ -36,10 +37,7 @@ def _reference(coef_hi, coef_lo, rows, keep, k):
     return d_hi.topk(k, 1).values.sum(1), d_lo.topk(k, 1, largest=False).values.sum(1)
 
 
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), p=st.integers(1, 3), shared=st.booleans(), k=st.integers(1, 12),
-       m=st.integers(1, 4), masked=st.booleans(), heavy=st.booleans(), shape=st.sampled_from([(11, 9), (13, 2)]))
-def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shape):
+def _random_case(seed, p, shared, k, m, masked, heavy, shape):
     g = torch.Generator().manual_seed(seed)
     b, (o, j) = 60, shape  # (13, 2): short rows, run transposed
     scale = torch.rand(1, b, 1, 1, 1, generator=g, dtype=torch.float64) ** (8 if heavy else 1)
@@ -48,20 +46,57 @@ def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shap
     q = 1 if shared else p
     rows = torch.randn(q, b, m, j, generator=g, dtype=torch.float64)
     keep = torch.rand(b, generator=g) < 0.7 if masked else None
-    kk = min(k, b if keep is None else int(keep.sum()))
-    if kk == 0:
-        return
-    hi, lo = _topk(outer_topk, *coefs, rows, keep, kk)
+    return coefs, rows, keep, min(k, b if keep is None else int(keep.sum()))
+
+
+def _assert_matches_exact(fn, coefs, rows, keep, kk):
+    """fn's top-k sums lie within the a-priori float32 term descent.py adds of the exact ones."""
+    hi, lo = _topk(fn, *coefs, rows, keep, kk)
     ref_hi, ref_lo = _reference(*coefs, rows, keep, kk)
     # the a-priori float32 term descent.py adds: gamma_10 * 2 * k * (largest per-sample |G||X|)
     mag = [torch.einsum("pbom,qbmj->pboj", c.abs().sum(-1), rows.abs()).flatten(2).amax(1) for c in coefs]
     tol = [1.2e-6 * kk * mg + 1e-30 for mg in mag]
     assert torch.all((hi.double().sum(1) - ref_hi).abs() <= tol[0])
     assert torch.all((lo.double().sum(1) - ref_lo).abs() <= tol[1])
-    # the GPU path (torch) computes the same values
-    t_hi, t_lo = _topk(_streamed_topk, coefs[0].float(), coefs[1].float(), rows.float(), keep, kk)
-    assert torch.all((t_hi.double().sum(1) - ref_hi).abs() <= tol[0])
-    assert torch.all((t_lo.double().sum(1) - ref_lo).abs() <= tol[1])
+
+
+_CASES = dict(seed=st.integers(0, 10_000), p=st.integers(1, 3), shared=st.booleans(), k=st.integers(1, 12),
+              m=st.integers(1, 4), masked=st.booleans(), heavy=st.booleans(), shape=st.sampled_from([(11, 9), (13, 2)]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(**_CASES)
+def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shape):
+    coefs, rows, keep, kk = _random_case(seed, p, shared, k, m, masked, heavy, shape)
+    if kk == 0:
+        return
+    _assert_matches_exact(outer_topk, coefs, rows, keep, kk)
+    # the torch fallback for accelerators without Triton computes the same values
+    _assert_matches_exact(_streamed_topk, [c.float() for c in coefs], rows.float(), keep, kk)
+
+
+@pytest.fixture()
+def interpreted_triton(monkeypatch):
+    """The Triton kernel run by Triton's interpreter on the CPU: the CUDA kernel's code, indexing
+    and masks, checked where no GPU is (tests/gpu checks it compiled, on a device)."""
+    pytest.importorskip("triton")
+    from pcert.runtime.agt import topk_triton
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    # small batch slices, so that these small batches are split and the slices' lists merged
+    monkeypatch.setattr(topk_triton, "_MIN_SAMPLES_PER_PROGRAM", 8)
+    monkeypatch.setattr(topk_triton, "_SPLIT_STEP", 8)
+    topk_triton._kernel.cache_clear()
+    yield topk_triton.outer_topk_triton
+    topk_triton._kernel.cache_clear()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(**_CASES)  # the fixture only selects the interpreter: nothing to reset between examples
+def test_triton_kernel_topk_sums_match_exact(interpreted_triton, seed, p, shared, k, m, masked, heavy, shape):
+    coefs, rows, keep, kk = _random_case(seed, p, shared, k, m, masked, heavy, shape)
+    if kk == 0:
+        return
+    _assert_matches_exact(interpreted_triton, [c.float() for c in coefs], rows.float(), keep, kk)
 
 
 def _unit_inputs():
@@ -74,29 +109,36 @@ def _poke(t: torch.Tensor, value: float) -> None:
     t.view(-1)[t.numel() // 2 + 1] = value
 
 
+@pytest.fixture(params=["numba", "triton"])
+def kernel(request):
+    return outer_topk if request.param == "numba" else request.getfixturevalue("interpreted_triton")
+
+
 @pytest.mark.parametrize("where", ["rows", "coef_hi", "coef_lo"])
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, "overflow"])
-def test_kernel_gives_up_soundly_on_huge_or_nonfinite_values(bad, where):
+def test_kernel_gives_up_soundly_on_huge_or_nonfinite_values(kernel, bad, where):
     inputs = _unit_inputs()
     if bad == "overflow":  # each factor finite, their product beyond what float32 sums may hold
         _poke(inputs[where], 1e20)
         inputs["rows" if where != "rows" else "coef_hi"].mul_(1e20)
     else:
         _poke(inputs[where], bad)
-    hi, lo = _topk(outer_topk, inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
+    hi, lo = _topk(kernel, inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
     assert torch.all(hi == math.inf) and torch.all(lo == -math.inf)
 
 
-def test_kernel_keeps_large_finite_values():
+def test_kernel_keeps_large_finite_values(kernel):
     inputs = _unit_inputs()
     inputs["rows"][0, 1, 0, 2] = 1e30  # d = 1e30 at coordinates (o, 2) of sample 1: still exact
-    hi, lo = _topk(outer_topk, inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
+    hi, lo = _topk(kernel, inputs["coef_hi"], inputs["coef_lo"], inputs["rows"], None, 2)
     assert torch.all(torch.isfinite(hi)) and hi.amax() == torch.tensor(1e30) and torch.all(lo == 0.0)
 
 
-def test_training_with_the_accelerator_top_k_matches_the_cpu_kernel(monkeypatch):
-    """The GPU code path (chunked matmuls + torch.topk) wired into a real AGT run on the CPU:
-    the same bounds as the numba kernel up to float32 rounding of the kept values."""
+@pytest.mark.parametrize("accelerated", ["streamed", "triton"])
+def test_training_with_the_accelerator_top_k_matches_the_cpu_kernel(monkeypatch, request, accelerated):
+    """The accelerator code paths (the Triton kernel; chunked matmuls + torch.topk without Triton)
+    wired into a real AGT run on the CPU: the same bounds as the numba kernel up to float32
+    rounding of the kept values."""
     import numpy as np
 
     from pcert.compiler.model_builder import build_conv
@@ -109,7 +151,8 @@ def test_training_with_the_accelerator_top_k_matches_the_cpu_kernel(monkeypatch)
     cfg = TrainConfig(epochs=2, batch=30, lr=0.5)
     points = [BudgetPoint(n=3, eps=0.05), BudgetPoint(m=2), BudgetPoint(n=1, eps=0.02, m=1, paired=True)]
     kernel = train_with_bounds(graph, x, y, cfg, points)
-    monkeypatch.setattr(descent, "outer_topk", descent._streamed_topk)
+    fn = descent._streamed_topk if accelerated == "streamed" else request.getfixturevalue("interpreted_triton")
+    monkeypatch.setattr(descent, "_topk_for", lambda device: fn)
     streamed = train_with_bounds(graph, x, y, cfg, points)
     for a, b in zip(kernel.lower + kernel.upper, streamed.lower + streamed.upper):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
