@@ -22,12 +22,13 @@ from functools import cache
 import torch
 from torch import Tensor
 
-_FINITE_CAP = 1e36  # as in topk_kernel: below it |d| stays far from float32 overflow
+from .topk_kernel import _FINITE_CAP  # the same give-up threshold as on the CPU
+
 _MIN_SAMPLES_PER_PROGRAM = 64  # fewer make the merge cost more than the kernel saves
 _SPLIT_STEP = 32  # samples per program are a multiple of this
 _MERGE_BLOCK = 512  # weights per merging program
-_WARPS = 4  # 1024 weights per program: 8 per thread, 2 k-lists of 8 values in registers
 _TILE = 1024  # weights per program (an H100 sweep of 256-2048 tiles, 2-8 warps: within 6 %)
+_WARPS = 4  # 8 weights per thread, each with its two k-lists in registers
 
 _SOURCE = '''
 @triton.jit

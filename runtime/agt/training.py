@@ -246,10 +246,11 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
     phi = [t.clone() for t in plo]
     first_train = slots[start][0]
     sub = LayerGraph(graph.layers[start].in_shape, graph.layers[start:])
-    eps = torch.tensor([pt.eps if pt.kind == "bounded" else 0.0 for pt in points], dtype=cdt)  # host: input_box
+    eps_per_point = [pt.eps if pt.kind == "bounded" else 0.0 for pt in points]
+    eps = torch.tensor(eps_per_point, dtype=cdt)  # on the host: input_box tests it there
     eps = eps.view(p, *[1] * (1 + len(graph.input_shape)))  # l1/l2 balls lie inside the l_inf box
     needs_poison = any(pt.kind == "bounded" and pt.budget() > 0 for pt in points)
-    moved = [pt.kind == "bounded" and pt.eps > 0 for pt in points]  # poisoned inputs leave the clean ones
+    moved = [e > 0 for e in eps_per_point]  # points whose poisoned inputs leave the clean ones
     feature_poison = needs_poison and any(moved)
     labels = [_label_model(pt) for pt in points]
     n_classes = 2 if cfg.loss == "binary_cross_entropy" else int(np.prod(graph.output_shape))
