@@ -5,12 +5,15 @@ d_i[o, j] = sum_m c_i[o, m, +] max(u_i[m, j], 0) + c_i[o, m, -] min(u_i[m, j], 0
 for an upper and a lower coefficient set c (u_i: the M distinct input rows of sample i, e.g. the
 clean x and the poisoned x_lo, x_hi; c: gradient-factor bounds, see descent._sign_split_coefs).
 Materialising d (batch x |W|) and running torch.topk costs hundreds of times a plain SGD step;
-this kernel reads each sample's M input rows once per block of outputs, selects each coefficient
-by the input's sign, keeps a sorted top-k per weight, and streams samples per output block in the
-order of a separable bound |d_i[o, j]| <= alpha_i[o] beta[j], stopping as soon as no remaining
-sample can enter any top-k (thresholds only grow, alpha only shrinks). Skipped samples are dominated by the k-th kept value,
-so the returned top-k sums bound the exact ones up to the float32 rounding of the kept values,
-which the caller covers a priori. Layers with short input rows run transposed (``_transposed``).
+this kernel keeps a sorted top-k per weight and never forms a value that cannot enter it: a
+per-sample bound |d_i[o, j]| <= a_i[o] |r_i[j]| + e_i[o] (r: one input row; ``_sample_bounds``)
+costs one multiply-add per weight and is tested against the smaller threshold first, so only a
+few dozen of thousands of samples per weight are evaluated in full. Samples stream per output
+block in decreasing order of the bound (thresholds rise fast) and an output stops as soon as no
+remaining sample can enter any of its top-k. A skipped value is at most the threshold it was
+tested against, even as computed in float32, so the result equals the full evaluation; the
+caller covers the float32 rounding of the kept values a priori. Layers with short input rows
+run transposed (``_transposed``).
 """
 from __future__ import annotations
 
@@ -22,114 +25,217 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_INFLATE = 1.0 + 1e-6  # covers float32 rounding of alpha, beta and their product (u32 ~ 6e-8)
 _FINITE_CAP = 1e36  # |d| stays far below float32 overflow, so no inf or NaN arises inside the kernel
-BLOCK = 8  # outputs per task: one pass over a sample's input rows serves all of them
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _insert(best: np.ndarray, base: int, kmax: int, v: float) -> float:
-    """Insert v into the descending best[base:base + kmax], dropping the last; return the new last (the threshold).
-
-    Branch-free: slot c takes max(best[c], min(best[c - 1], v)), which shifts the tail down past v.
-    """
-    for c in range(base + kmax - 1, base, -1):
-        best[c] = max(best[c], min(best[c - 1], v))
-    best[base] = max(best[base], v)
-    return best[base + kmax - 1]
+BLOCK = 8  # outputs per task
+_SEEDS = 16  # samples per output evaluated densely first, per unit of k
+_TILE = 64  # inputs per tile of the coarse test (a multiple of 8)
 
 
 @numba.njit(nogil=True, cache=True)
-def _alpha(coef: np.ndarray) -> np.ndarray:  # pragma: no cover
-    """alpha[p, o, i] = sum_m max |c[p, o, i, side, m, sign]|, so |d_i[o, j]| <= alpha * max_m |u_m[j]|
-    (one of max(u, 0), min(u, 0) is zero); inf where a coefficient is inf or NaN (the caller gives up)."""
-    p_n, o_n, b_n, _, m_n, _ = coef.shape
-    out = np.zeros((p_n, o_n, b_n), np.float32)
+def _sample_bounds(coef: np.ndarray, rows: np.ndarray) -> tuple:  # pragma: no cover
+    """Per-sample factors of the pruning bound |d_i[o, j]| <= a[p, o, i] |r_i[j]| + e[p, o, i].
+
+    r = the last input row, D_i = max_{m, j} |u_m[i, j] - r[i, j]|. With s_m the sign of u_m,
+    d = sum_m c_m^{s_m} u_m. If all s_m agree (zeros may take either sign), d = (sum_m c_m^s) r +
+    sum_m c_m^s (u_m - r), so |d| <= A |r| + C D with A = max_s |sum_m c_m^s| and
+    C = sum_m max_s |c_m^s|; if they differ, r lies within D of 0 and |d| <= C (|r| + D) <= 2 C D.
+    So a = A and e = 2 C D, both sides (hi, lo) at once. A clean row shared with the poisoned
+    factors (labels poisoned only) has D = 0 and a = the coefficient difference: the bound sees the
+    cancellation between clean and poisoned gradients that a sum of magnitudes would not.
+    Evaluated in float64, then raised by 1e-5 C (covering the float32 evaluation of the key and of
+    d itself, so a skipped value could not have entered the top-k even as computed); inf where a
+    coefficient is inf or NaN (the caller gives up). coef [P, b, O, 2 (hi, lo), M, 2 (+, -)].
+    Also returns max |r_i[j]| over each tile of ``_TILE`` inputs, [Q, b, tiles].
+    """
+    p_n, b_n, o_n, _, m_n, _ = coef.shape
+    q_n, _, _, j_n = rows.shape
+    dev = np.zeros((q_n, b_n), np.float64)
+    r_max = np.zeros((q_n, b_n, (j_n + _TILE - 1) // _TILE), np.float32)
+    for q in range(q_n):
+        for i in range(b_n):
+            d = 0.0
+            for m in range(m_n - 1):
+                for j in range(j_n):
+                    v = abs(np.float64(rows[q, i, m, j]) - np.float64(rows[q, i, m_n - 1, j]))
+                    d = max(d, v if v < np.inf else np.inf)  # NaN -> inf: the caller gives up
+            dev[q, i] = d
+            for j in range(j_n):
+                v = abs(rows[q, i, m_n - 1, j])
+                r_max[q, i, j // _TILE] = max(r_max[q, i, j // _TILE], v if v < np.inf else np.inf)
+    a_out = np.zeros((p_n, o_n, b_n), np.float32)
+    e_out = np.zeros((p_n, o_n, b_n), np.float32)
     for p in range(p_n):
-        for o in range(o_n):
-            for i in range(b_n):
-                a = np.float32(0.0)
-                for m in range(m_n):
-                    c0, c1 = abs(coef[p, o, i, 0, m, 0]), abs(coef[p, o, i, 0, m, 1])
-                    c2, c3 = abs(coef[p, o, i, 1, m, 0]), abs(coef[p, o, i, 1, m, 1])
-                    if c0 + c1 + c2 + c3 < np.inf:
-                        a += max(max(c0, c1), max(c2, c3))
-                    else:
-                        a = np.float32(np.inf)
-                out[p, o, i] = a
-    return out
+        q = p if q_n > 1 else 0
+        for i in range(b_n):
+            for o in range(o_n):
+                a = 0.0
+                c = 0.0
+                total = 0.0  # inf or NaN if any coefficient is
+                for side in range(2):
+                    sp = 0.0
+                    sn = 0.0
+                    cs = 0.0
+                    for m in range(m_n):
+                        cp, cn = np.float64(coef[p, i, o, side, m, 0]), np.float64(coef[p, i, o, side, m, 1])
+                        sp += cp
+                        sn += cn
+                        cs += max(abs(cp), abs(cn))
+                        total += abs(cp) + abs(cn)
+                    a = max(a, max(abs(sp), abs(sn)))
+                    c = max(c, cs)
+                if not total < np.inf:
+                    a = c = np.inf
+                a_out[p, o, i] = (a + 1e-5 * c) * (1.0 + 1e-5)
+                e_out[p, o, i] = 2.0 * c * dev[q, i] * (1.0 + 1e-5)
+    return a_out, e_out, r_max
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _values(coef, rows, p, q, i, o, v_hi, v_lo):  # pragma: no cover
+    """d_i[o, :] for both sides into v_hi, v_lo (v_lo negated: both are kept as largest values)."""
+    m_n, j_n = rows.shape[2], rows.shape[3]
+    for m in range(m_n):
+        hp, hn = coef[p, i, o, 0, m, 0], coef[p, i, o, 0, m, 1]
+        lp, ln = coef[p, i, o, 1, m, 0], coef[p, i, o, 1, m, 1]
+        if m == 0:  # the first row writes, the others accumulate (one of max(x, 0),
+            for j in range(j_n):  # min(x, 0) is zero: select the coefficient by x's sign)
+                x = rows[q, i, 0, j]
+                up = x > 0.0
+                v_hi[j] = (hp if up else hn) * x
+                v_lo[j] = -((lp if up else ln) * x)
+        elif hp != 0.0 or hn != 0.0 or lp != 0.0 or ln != 0.0:
+            for j in range(j_n):
+                x = rows[q, i, m, j]
+                up = x > 0.0
+                v_hi[j] += (hp if up else hn) * x
+                v_lo[j] -= (lp if up else ln) * x
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _insert(best: np.ndarray, v: float) -> float:
+    """Insert v into the descending best [kmax], dropping the last; return the new last (the threshold).
+
+    Branch-free: slot c takes max(best[c], min(best[c - 1], v)), which shifts the tail down past v.
+    """
+    for c in range(best.shape[0] - 1, 0, -1):
+        best[c] = max(best[c], min(best[c - 1], v))
+    best[0] = max(best[0], v)
+    return best[best.shape[0] - 1]
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _merge(src, dst, v):  # pragma: no cover
+    """dst = src [kmax, J] (descending per column) with v [J] inserted, branch-free and vectorised.
+
+    Slot c takes max(src[c], min(src[c - 1], v)). Writing to another buffer keeps every store
+    unconditional (in place, the compiler turns the max into masked stores, four times slower).
+    """
+    for j in range(v.shape[0]):
+        x, y = src[0, j], v[j]
+        dst[0, j] = x if x > y else y
+    for c in range(1, src.shape[0]):
+        for j in range(v.shape[0]):
+            x, y = src[c - 1, j], v[j]
+            m = x if x < y else y
+            z = src[c, j]
+            dst[c, j] = z if z > m else m
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(coef, rows, order, alpha, rest, beta, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
-    """Tasks first..last-1 of (p, block of outputs); coef [P, O, b, 2 (hi, lo), M, 2 (+, -)], rows [Q, b, M, J]."""
-    p_n, o_n, b_n, _, m_n, _ = coef.shape
-    q_n, _, _, j_n = rows.shape
+def _kernel(coef, rows, seeds, a_fac, e_fac, r_max, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
+    """Tasks first..last-1 of (p, block of outputs); coef [P, b, O, 2, M, 2], rows [Q, b, M, J].
+
+    Seeding: each output's samples of largest bound (``seeds``) are evaluated for all inputs and
+    merged into the top-k lists branch-free, which lifts the thresholds near their final values.
+    Then every other (sample, output) pair, in memory order, tests the bound a |r_j| + e against
+    the smaller of the two thresholds for all inputs (one multiply-add and compare per weight,
+    vectorised, into byte flags read 8 at a time); only inputs whose bound exceeds it are
+    evaluated and inserted.
+    """
+    p_n, b_n, o_n = coef.shape[0], coef.shape[1], coef.shape[2]
+    q_n, _, m_n, j_n = rows.shape
     n_blocks = (o_n + block - 1) // block
     for task in range(first, last):
         p, blk = task // n_blocks, task % n_blocks
         o0 = blk * block
         ob = min(block, o_n - o0)
         q = p if q_n > 1 else 0
-        best_hi = np.zeros(ob * j_n * kmax, np.float32)
-        best_lo = np.zeros(ob * j_n * kmax, np.float32)
-        th_hi = np.zeros(ob * j_n, np.float32)
-        th_lo = np.zeros(ob * j_n, np.float32)
-        active = np.ones(ob, np.bool_)
+        best_hi = np.zeros((ob, j_n, kmax), np.float32)  # a weight's list in one cache line (inserts)
+        best_lo = np.zeros((ob, j_n, kmax), np.float32)
+        seed_hi = np.zeros((2, kmax, j_n), np.float32)  # while seeding: slot-major (vectorised merges)
+        seed_lo = np.zeros((2, kmax, j_n), np.float32)
+        th_hi = np.zeros((ob, j_n), np.float32)
+        th_lo = np.zeros((ob, j_n), np.float32)
+        th = np.zeros((ob, j_n), np.float32)  # min(th_hi, th_lo): what the bound must exceed
+        done = np.zeros((ob, b_n), np.bool_)
         v_hi = np.empty(j_n, np.float32)
         v_lo = np.empty(j_n, np.float32)
-        for step in range(b_n):
-            i = order[p, blk, step]
-            if step % 8 == 0:  # retire outputs no remaining sample can improve
-                n_active = 0
-                for u in range(ob):
-                    if active[u]:
-                        a = rest[p, o0 + u, step]
-                        for j in range(j_n):
-                            if a * beta[q, j] > th_hi[u * j_n + j] or a * beta[q, j] > th_lo[u * j_n + j]:
-                                break
-                        else:
-                            active[u] = False
-                    n_active += active[u]
-                if n_active == 0:
-                    break
-            for u in range(ob):
-                if not active[u] or alpha[p, o0 + u, i] <= 0.0:
-                    continue
-                for m in range(m_n):
-                    hp, hn = coef[p, o0 + u, i, 0, m, 0], coef[p, o0 + u, i, 0, m, 1]
-                    lp, ln = coef[p, o0 + u, i, 1, m, 0], coef[p, o0 + u, i, 1, m, 1]
-                    if m == 0:  # the first row writes, the others accumulate (one of max(x, 0),
-                        for j in range(j_n):  # min(x, 0) is zero: select the coefficient by x's sign)
-                            x = rows[q, i, 0, j]
-                            up = x > 0.0
-                            v_hi[j] = (hp if up else hn) * x
-                            v_lo[j] = -((lp if up else ln) * x)
-                    elif hp != 0.0 or hn != 0.0 or lp != 0.0 or ln != 0.0:
-                        for j in range(j_n):
-                            x = rows[q, i, m, j]
-                            up = x > 0.0
-                            v_hi[j] += (hp if up else hn) * x
-                            v_lo[j] -= (lp if up else ln) * x
-                t0 = u * j_n
-                if kmax == 1:  # the top-1 is a running maximum: branch-free
-                    for j in range(j_n):
-                        th_hi[t0 + j] = max(th_hi[t0 + j], v_hi[j])
-                        th_lo[t0 + j] = max(th_lo[t0 + j], v_lo[j])
-                    continue
-                for j in range(j_n):  # inserts are rare after the first samples: predictable branches
-                    if v_hi[j] > th_hi[t0 + j]:
-                        th_hi[t0 + j] = _insert(best_hi, (t0 + j) * kmax, kmax, v_hi[j])
-                    if v_lo[j] > th_lo[t0 + j]:
-                        th_lo[t0 + j] = _insert(best_lo, (t0 + j) * kmax, kmax, v_lo[j])
-        if kmax == 1:
-            best_hi[:] = th_hi
-            best_lo[:] = th_lo
+        flags = np.zeros(_TILE, np.uint8)
+        words = flags.view(np.uint64)
         for u in range(ob):
+            seed_hi[0, :, :] = 0.0
+            seed_lo[0, :, :] = 0.0
+            n_merged = 0
+            for s in range(seeds.shape[2]):
+                i = seeds[p, o0 + u, s]
+                if a_fac[p, o0 + u, i] <= 0.0 and e_fac[p, o0 + u, i] <= 0.0:
+                    continue  # zero (or trusted: masked) samples are never evaluated
+                done[u, i] = True
+                _values(coef, rows, p, q, i, o0 + u, v_hi, v_lo)
+                src = n_merged % 2
+                _merge(seed_hi[src], seed_hi[1 - src], v_hi)
+                _merge(seed_lo[src], seed_lo[1 - src], v_lo)
+                n_merged += 1
+            last = n_merged % 2
             for j in range(j_n):
-                for kk in range(kmax):
-                    out_hi[p, kk, (o0 + u) * j_n + j] = best_hi[((u * j_n) + j) * kmax + kk]
-                    out_lo[p, kk, (o0 + u) * j_n + j] = -best_lo[((u * j_n) + j) * kmax + kk]
+                for c in range(kmax):
+                    best_hi[u, j, c] = seed_hi[last, c, j]
+                    best_lo[u, j, c] = seed_lo[last, c, j]
+                th_hi[u, j] = seed_hi[last, kmax - 1, j]
+                th_lo[u, j] = seed_lo[last, kmax - 1, j]
+                th[u, j] = min(th_hi[u, j], th_lo[u, j])
+        n_tiles = r_max.shape[2]
+        th_min = np.zeros((ob, n_tiles), np.float32)  # a lower bound of th per tile (refreshed: th only grows)
+        for i in range(b_n):
+            if i % 64 == 0:
+                for u in range(ob):
+                    for t in range(n_tiles):
+                        th_min[u, t] = th[u, t * _TILE:min(t * _TILE + _TILE, j_n)].min()
+            r = rows[q, i, m_n - 1]
+            for u in range(ob):
+                a, e = a_fac[p, o0 + u, i], e_fac[p, o0 + u, i]
+                if done[u, i] or (a <= 0.0 and e <= 0.0):
+                    continue
+                for t in range(n_tiles):
+                    if a * r_max[q, i, t] + e <= th_min[u, t]:
+                        continue  # the whole tile is below its thresholds
+                    j0 = t * _TILE
+                    j1 = min(j0 + _TILE, j_n)
+                    for j in range(j0, j1):  # vectorised: one multiply-add and compare per weight
+                        flags[j - j0] = a * abs(r[j]) + e > th[u, j]
+                    for w in range((j1 - j0 + 7) // 8):  # 8 flags per word; most words are zero
+                        if words[w] == 0:
+                            continue
+                        for j in range(j0 + 8 * w, min(j0 + 8 * w + 8, j1)):
+                            if not flags[j - j0]:
+                                continue
+                            hi = np.float32(0.0)
+                            lo = np.float32(0.0)
+                            for m in range(m_n):  # the same products as _values
+                                x = rows[q, i, m, j]
+                                up = x > 0.0
+                                hi += (coef[p, i, o0 + u, 0, m, 0] if up else coef[p, i, o0 + u, 0, m, 1]) * x
+                                lo -= (coef[p, i, o0 + u, 1, m, 0] if up else coef[p, i, o0 + u, 1, m, 1]) * x
+                            if hi > th_hi[u, j]:
+                                th_hi[u, j] = _insert(best_hi[u, j], hi)
+                            if lo > th_lo[u, j]:
+                                th_lo[u, j] = _insert(best_lo[u, j], lo)
+                            th[u, j] = min(th_hi[u, j], th_lo[u, j])
+        for u in range(ob):
+            for kk in range(kmax):
+                for j in range(j_n):
+                    out_hi[p, kk, (o0 + u) * j_n + j] = best_hi[u, j, kk]
+                    out_lo[p, kk, (o0 + u) * j_n + j] = -best_lo[u, j, kk]
 
 
 def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],
@@ -143,31 +249,25 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
     (p, b, o), m, j = coef_hi[0][0].shape, len(rows), rows[0].shape[2]
     if o > 4 * j:  # short input rows (e.g. a 2-feature input layer): stream the long axis
         return _transposed(coef_hi, coef_lo, rows, keep, kmax)
-    coef = torch.empty(p, o, b, 2, m, 2, dtype=torch.float32)  # the kernel's layout, written once
-    for side, coefs in enumerate((coef_hi, coef_lo)):
-        for r, pair in enumerate(coefs):
-            for sign, c in enumerate(pair):
-                coef[:, :, :, side, r, sign].copy_(c.transpose(1, 2))
+    f32 = lambda t: t.to(torch.float32).cpu().expand(p, b, o)  # noqa: E731
+    coef = torch.stack([f32(c) for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair], -1)
+    coef = coef.view(p, b, o, 2, m, 2)  # the kernel's layout: a (sample, output)'s coefficients together
     rows = torch.stack([u.to(torch.float32).cpu() for u in rows], 2)  # [Q, b, M, J]
-    beta = torch.maximum(rows.amax((1, 2)), -rows.amin((1, 2)))  # [Q, J]
-    alpha = torch.from_numpy(_alpha(coef.numpy()))  # [P, O, b]
-    big = alpha.amax() * beta.amax()
+    a_fac, e_fac, r_max = (torch.from_numpy(t) for t in _sample_bounds(coef.numpy(), rows.numpy()))
+    big = a_fac.amax() * r_max.amax() + e_fac.amax()
     if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
         inf = torch.full((p, kmax, o * j), math.inf)
         return inf, -inf
-    alpha = alpha * _INFLATE
     if keep is not None:
-        alpha = torch.where(keep.cpu().view(1, 1, -1), alpha, 0.0)
+        trusted = ~keep.cpu().view(1, 1, -1)
+        a_fac, e_fac = a_fac.masked_fill(trusted, 0.0), e_fac.masked_fill(trusted, 0.0)
+    reach = a_fac * r_max.amax(-1).view(-1, 1, b) + e_fac  # [P, O, b]: the bound's largest value
+    seeds = reach.topk(min(b, _SEEDS * kmax), -1, sorted=False).indices  # [P, O, s]
     n_blocks = -(-o // BLOCK)
-    blocks = torch.nn.functional.pad(alpha, (0, 0, 0, n_blocks * BLOCK - o)).view(p, n_blocks, BLOCK, -1)
-    order = torch.argsort(blocks.amax(2), dim=-1, descending=True, stable=True)  # [P, n_blocks, b]
-    # rest[p, o, s]: largest alpha of output o among the samples at positions >= s of its block's order
-    ordered = torch.gather(alpha, 2, order.repeat_interleave(BLOCK, 1)[:, :o])
-    rest = ordered.flip(-1).cummax(-1).values.flip(-1).contiguous()
     out_hi = np.empty((p, kmax, o * j), np.float32)
     out_lo = np.empty((p, kmax, o * j), np.float32)
-    args = (coef.numpy(), rows.numpy(), order.numpy(),
-            alpha.contiguous().numpy(), rest.numpy(), (beta * _INFLATE).numpy(), kmax, BLOCK, out_hi, out_lo)
+    args = (coef.numpy(), rows.numpy(), seeds.numpy(), a_fac.numpy(), e_fac.numpy(), r_max.numpy(), kmax, BLOCK,
+            out_hi, out_lo)
     # plain threads (the kernel releases the GIL) rather than numba's parallel layer, whose spinning
     # workers fight torch's OpenMP pool on small machines; tasks write disjoint outputs
     n_tasks = p * n_blocks

@@ -24,7 +24,7 @@ from pcert.compiler.graph import LayerGraph
 from pcert.compiler.torch_model import to_torch
 from pcert.errors import DataError, UserError
 from pcert.runtime.bounds.ibp import param_index
-from pcert.runtime.bounds.interval import covering, input_box, outward, round_out, sanitize
+from pcert.runtime.bounds.interval import covering, input_box, outward, round_out, sanitize, shifted_linear_bounds
 from pcert.runtime.constants import constant
 from pcert.runtime.memory import retain_freed_memory
 
@@ -157,20 +157,29 @@ def _forward_fn(method: str):
 
 
 def _moved_forward(fwd_fn, graph: LayerGraph, plo: list[Tensor], phi: list[Tensor], x_in: tuple[Tensor, Tensor],
-                   clean: list[tuple[Tensor, Tensor]], moved: list[bool], pdt: torch.dtype) -> list[tuple[Tensor, Tensor]]:
+                   clean: list[tuple[Tensor, Tensor]], moved: list[bool], pdt: torch.dtype,
+                   radius: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
     """Forward bounds over the poisoned input box, for the points where it differs from the clean input.
 
     The pass runs in ``pdt`` (the working dtype): its widths come from eps, far above that dtype's
     rounding margins, and it is the costliest pass of a step. Parameters and inputs are rounded
     outward to it, the results converted back exactly. A point without feature poisoning
-    (eps = 0) reuses its clean bounds, exactly what it gets alone.
+    (eps = 0) reuses its clean bounds, exactly what it gets alone. ``radius`` [P]: the box is the
+    clean input +- radius and the first layer linear (IBP), whose output is then the clean one
+    shifted by radius * sum |W| (``shifted_linear_bounds``) instead of a product with the box.
     """
     every = all(moved)
     idx = constant(tuple(q for q, m in enumerate(moved) if m), torch.int64, plo[0].device)
     pick = (lambda t: t) if every else (lambda t: t.index_select(0, idx))  # noqa: E731
     down = lambda lo, hi: round_out(pick(lo), pick(hi), pdt)  # noqa: E731
-    p_lo, p_hi = zip(*(down(lo, hi) for lo, hi in zip(plo, phi)))
-    part = fwd_fn(graph, list(p_lo), list(p_hi), *down(*x_in))
+    if radius is None:
+        p_lo, p_hi = zip(*(down(lo, hi) for lo, hi in zip(plo, phi)))
+        part = fwd_fn(graph, list(p_lo), list(p_hi), *down(*x_in))
+    else:
+        first = shifted_linear_bounds(pick(clean[0][0]), pick(clean[0][1]), pick(plo[0]), pick(phi[0]),
+                                      pick(radius))
+        p_lo, p_hi = zip(*(down(lo, hi) for lo, hi in zip(plo, phi)))
+        part = [first] + fwd_fn(graph, list(p_lo), list(p_hi), *round_out(*first, pdt), start=1)
     out = []
     p = len(moved)
     for (c_lo, c_hi), (m_lo, m_hi) in zip(clean, part):
@@ -252,6 +261,9 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
     needs_poison = any(pt.kind == "bounded" and pt.budget() > 0 for pt in points)
     moved = [e > 0 for e in eps_per_point]  # points whose poisoned inputs leave the clean ones
     feature_poison = needs_poison and any(moved)
+    # the poisoned box around raw inputs entering a linear layer: its IBP output is the clean one shifted
+    radius = eps.flatten() * (1 + 4 * torch.finfo(torch.float64).eps)  # >= eps after its decimal rounding
+    shift = radius.to(device) if method == "ibp" and start == 0 and graph.layers[0].op == "linear" else None
     labels = [_label_model(pt) for pt in points]
     n_classes = 2 if cfg.loss == "binary_cross_entropy" else int(np.prod(graph.output_shape))
     for pt in points:
@@ -306,7 +318,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
             if feature_poison:
                 pin = (input_box(xc[idx].unsqueeze(0), eps) if pois_in is None
                        else (pois_in[0][:, idx], pois_in[1][:, idx]))
-                pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved, dtype)
+                pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved, dtype, shift)
             else:
                 pin, pfwd = cin, fwd
             pz_lo, pz_hi = pfwd[top - start]

@@ -159,6 +159,20 @@ def matmul_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor) -> Bou
     return linear_bounds(x_lo, x_hi, w_lo, w_hi, None, None)
 
 
+def shifted_linear_bounds(y_lo: Tensor, y_hi: Tensor, w_lo: Tensor, w_hi: Tensor, radius: Tensor) -> Bounds:
+    """Bounds of (x + d) @ W^T + b for every |d| <= radius, from bounds [y_lo, y_hi] of x @ W^T + b
+    over the same parameter box: (x + d) W = x W + d W and |d W_o| <= radius * sum_j max|W[o, j]|.
+
+    No product with the data: an input box around x (feature poisoning) costs one row sum. Within
+    2 radius sum_j (W_hi - W_lo)[o, j] of the exact range (per term, the W that maximises x W may not
+    maximise |W|). y [P, N, out], W [P, out, in], radius [P] (real radius, not yet rounded).
+    """
+    s = torch.maximum(w_lo.abs(), w_hi.abs()).sum(-1)  # [P, out]
+    s = s * (1.0 + 2.0 * gamma(w_lo.shape[-1] + 2, s.dtype))  # the sum's rounding, and a run's on |d| |W|
+    shift = up(radius.to(s.dtype).view(-1, 1, 1) * s.unsqueeze(1))
+    return outward(y_lo - shift, y_hi + shift)
+
+
 _SPLIT_CHUNK = 1 << 23  # input values per sign-split chunk (64 MB in float64)
 
 
