@@ -28,6 +28,7 @@ from torch import Tensor
 _FINITE_CAP = 1e36  # |d| stays far below float32 overflow, so no inf or NaN arises inside the kernel
 BLOCK = 8  # outputs per task
 _SEEDS = 16  # samples per output evaluated densely first, per unit of k
+_DENSE_ELEMENTS = 1 << 24  # up to this many per-sample values, all are evaluated densely (no filter)
 _TILE = 64  # inputs per tile of the coarse test (a multiple of 8)
 
 
@@ -262,7 +263,8 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
         trusted = ~keep.cpu().view(1, 1, -1)
         a_fac, e_fac = a_fac.masked_fill(trusted, 0.0), e_fac.masked_fill(trusted, 0.0)
     reach = a_fac * r_max.amax(-1).view(-1, 1, b) + e_fac  # [P, O, b]: the bound's largest value
-    seeds = reach.topk(min(b, _SEEDS * kmax), -1, sorted=False).indices  # [P, O, s]
+    n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, _SEEDS * kmax)  # small layers: all, densely
+    seeds = reach.topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
     n_blocks = -(-o // BLOCK)
     out_hi = np.empty((p, kmax, o * j), np.float32)
     out_lo = np.empty((p, kmax, o * j), np.float32)
