@@ -12,7 +12,8 @@ from pcert.compiler.model_builder import build_conv
 from pcert.compiler.torch_model import to_torch
 from pcert.runtime.bounds.ibp import ibp_layers
 from pcert.runtime.bounds.interval import (activation_bounds, activation_grad_bounds, conv2d_bounds,
-                                           linear_bounds, matmul_bounds, mul_bounds, outward)
+                                           linear_bounds, matmul_bounds, mul_bounds, outward,
+                                           shifted_linear_bounds)
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -51,6 +52,28 @@ def test_linear_bounds_contain_samples(seed, n, k, o, p, width):
     mlo, mhi = matmul_bounds(x[0][0], x[0][0], *w)  # shared exact input, broadcast over P
     y = torch.matmul(x[0][0].double(), w[0].double().transpose(-1, -2))
     assert mlo.shape == (p, n, o) and _inside(y, mlo.double(), mhi.double())
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 5), k=st.integers(1, 40), o=st.integers(1, 7),
+       p=st.integers(1, 3), width=st.sampled_from([0.0, 1e-6, 0.1]), eps=st.sampled_from([1e-3, 0.01, 0.3]))
+def test_shifted_linear_bounds_contain_the_box_and_stay_near_exact(seed, n, k, o, p, width, eps):
+    """The feature-poisoned first layer: clean bounds shifted by eps * sum|W| contain every input in
+    x +- eps with every parameter in the box, and lie within 2 eps sum(W_hi - W_lo) of the
+    intersected Rump/sign-split bounds of the box itself."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=gen, dtype=torch.float64) * 3.0
+    w = tuple(t.double() for t in _box(gen, (p, o, k), 1.0, width))
+    b = tuple(t.double() for t in _box(gen, (p, o), 1.0, width))
+    radius = torch.full((p,), eps, dtype=torch.float64)
+    lo, hi = shifted_linear_bounds(*linear_bounds(x, x, *w, *b), *w, radius)
+    for _ in range(8):
+        xs = _sample(gen, x - eps, x + eps)
+        ws, bs = (_sample(gen, *t) for t in (w, b))
+        assert _inside(torch.matmul(xs, ws.transpose(-1, -2)) + bs[:, None], lo, hi)
+    ex_lo, ex_hi = linear_bounds(x - eps, x + eps, *w, *b)
+    slack = 2 * eps * (w[1] - w[0]).sum(-1).unsqueeze(1) + 1e-9 * (1 + ex_hi.abs() + ex_lo.abs())
+    assert bool((lo >= ex_lo - slack).all() and (hi <= ex_hi + slack).all())
 
 
 @SETTINGS

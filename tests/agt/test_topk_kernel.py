@@ -41,7 +41,7 @@ def _reference(coef_hi, coef_lo, rows, keep, k):
 
 def _random_case(seed, p, shared, k, m, masked, heavy, shape, near=False):
     g = torch.Generator().manual_seed(seed)
-    b, (o, j) = 60, shape  # (13, 2): short rows, run transposed; (3, 150): inputs split into chunks
+    b, (o, j) = 60, shape  # (13, 2): short rows, run transposed; (3, 150): rows of several tiles
     scale = torch.rand(1, b, 1, 1, 1, generator=g, dtype=torch.float64) ** (8 if heavy else 1)
     coefs = [torch.randn(p, b, o, m, 2, generator=g, dtype=torch.float64) * scale for _ in range(2)]
     coefs = [torch.where(torch.rand(c.shape, generator=g) < 0.4, 0.0, c) for c in coefs]  # sign splits are sparse
