@@ -8,12 +8,12 @@ Materialising d (batch x |W|) and running torch.topk costs hundreds of times a p
 this kernel keeps a sorted top-k per weight and never forms a value that cannot enter it: a
 per-sample bound |d_i[o, j]| <= a_i[o] |r_i[j]| + e_i[o] (r: one input row; ``_sample_bounds``)
 costs one multiply-add per weight and is tested against the smaller threshold first, so only a
-few dozen of thousands of samples per weight are evaluated in full. Samples stream per output
-block in decreasing order of the bound (thresholds rise fast) and an output stops as soon as no
-remaining sample can enter any of its top-k. A skipped value is at most the threshold it was
-tested against, even as computed in float32, so the result equals the full evaluation; the
-caller covers the float32 rounding of the kept values a priori. Layers with short input rows
-run transposed (``_transposed``).
+few dozen of thousands of samples per weight are evaluated in full. Thresholds are seeded by
+each output's samples of largest bound, evaluated densely; the rest stream in memory order,
+tested per tile of inputs and then per input. Small layers are evaluated densely throughout.
+A skipped value is at most the threshold it was tested against, even as computed in float32, so
+the result equals the full evaluation; the caller covers the float32 rounding of the kept values
+a priori. Layers with short input rows run transposed (``_transposed``).
 """
 from __future__ import annotations
 
