@@ -112,6 +112,19 @@ def _values(coef, rows, p, q, i, o, v_hi, v_lo):  # pragma: no cover
                 v_lo[j] -= (lp if up else ln) * x
 
 
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _value(coef, rows, p, q, i, o, j):  # pragma: no cover
+    """d_i[o, j] for both sides (lo negated), by the same products as ``_values``."""
+    hi = np.float32(0.0)
+    lo = np.float32(0.0)
+    for m in range(rows.shape[2]):
+        x = rows[q, i, m, j]
+        up = x > 0.0
+        hi += (coef[p, i, o, 0, m, 0] if up else coef[p, i, o, 0, m, 1]) * x
+        lo -= (coef[p, i, o, 1, m, 0] if up else coef[p, i, o, 1, m, 1]) * x
+    return hi, lo
+
+
 @numba.njit(nogil=True, cache=True, inline="always")
 def _insert(best: np.ndarray, v: float) -> float:
     """Insert v into the descending best [kmax], dropping the last; return the new last (the threshold).
@@ -220,13 +233,7 @@ def _kernel(coef, rows, seeds, a_fac, e_fac, r_max, kmax, block, out_hi, out_lo,
                         for j in range(j0 + 8 * w, min(j0 + 8 * w + 8, j1)):
                             if not flags[j - j0]:
                                 continue
-                            hi = np.float32(0.0)
-                            lo = np.float32(0.0)
-                            for m in range(m_n):  # the same products as _values
-                                x = rows[q, i, m, j]
-                                up = x > 0.0
-                                hi += (coef[p, i, o0 + u, 0, m, 0] if up else coef[p, i, o0 + u, 0, m, 1]) * x
-                                lo -= (coef[p, i, o0 + u, 1, m, 0] if up else coef[p, i, o0 + u, 1, m, 1]) * x
+                            hi, lo = _value(coef, rows, p, q, i, o0 + u, j)
                             if hi > th_hi[u, j]:
                                 th_hi[u, j] = _insert(best_hi[u, j], hi)
                             if lo > th_lo[u, j]:

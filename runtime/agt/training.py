@@ -24,7 +24,8 @@ from pcert.compiler.graph import LayerGraph
 from pcert.compiler.torch_model import to_torch
 from pcert.errors import DataError, UserError
 from pcert.runtime.bounds.ibp import param_index
-from pcert.runtime.bounds.interval import covering, input_box, outward, round_out, sanitize, shifted_linear_bounds
+from pcert.runtime.bounds.interval import (covering, input_box, outward, real_radius, round_out, sanitize,
+                                           shifted_linear_bounds)
 from pcert.runtime.constants import constant
 from pcert.runtime.memory import retain_freed_memory
 
@@ -172,14 +173,13 @@ def _moved_forward(fwd_fn, graph: LayerGraph, plo: list[Tensor], phi: list[Tenso
     idx = constant(tuple(q for q, m in enumerate(moved) if m), torch.int64, plo[0].device)
     pick = (lambda t: t) if every else (lambda t: t.index_select(0, idx))  # noqa: E731
     down = lambda lo, hi: round_out(pick(lo), pick(hi), pdt)  # noqa: E731
+    p_lo, p_hi = (list(ps) for ps in zip(*(down(lo, hi) for lo, hi in zip(plo, phi))))
     if radius is None:
-        p_lo, p_hi = zip(*(down(lo, hi) for lo, hi in zip(plo, phi)))
-        part = fwd_fn(graph, list(p_lo), list(p_hi), *down(*x_in))
+        part = fwd_fn(graph, p_lo, p_hi, *down(*x_in))
     else:
         first = shifted_linear_bounds(pick(clean[0][0]), pick(clean[0][1]), pick(plo[0]), pick(phi[0]),
                                       pick(radius))
-        p_lo, p_hi = zip(*(down(lo, hi) for lo, hi in zip(plo, phi)))
-        part = [first] + fwd_fn(graph, list(p_lo), list(p_hi), *round_out(*first, pdt), start=1)
+        part = [first] + fwd_fn(graph, p_lo, p_hi, *round_out(*first, pdt), start=1)
     out = []
     p = len(moved)
     for (c_lo, c_hi), (m_lo, m_hi) in zip(clean, part):
@@ -262,8 +262,8 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
     moved = [e > 0 for e in eps_per_point]  # points whose poisoned inputs leave the clean ones
     feature_poison = needs_poison and any(moved)
     # the poisoned box around raw inputs entering a linear layer: its IBP output is the clean one shifted
-    radius = eps.flatten() * (1 + 4 * torch.finfo(torch.float64).eps)  # >= eps after its decimal rounding
-    shift = radius.to(device) if method == "ibp" and start == 0 and graph.layers[0].op == "linear" else None
+    shift = (real_radius(eps.flatten()).to(device) if method == "ibp" and start == 0 and graph.layers[0].op == "linear"
+             else None)
     labels = [_label_model(pt) for pt in points]
     n_classes = 2 if cfg.loss == "binary_cross_entropy" else int(np.prod(graph.output_shape))
     for pt in points:

@@ -99,6 +99,11 @@ def round_out(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> Bounds:
     return lo_d, hi_d
 
 
+def real_radius(eps: Tensor) -> Tensor:
+    """A float64 radius at least the real eps a stored (rounded, within u * eps) decimal budget stands for."""
+    return eps * (1 + 4 * torch.finfo(torch.float64).eps)
+
+
 def input_box(x: Tensor, eps: Tensor | float, dtype: torch.dtype | None = None) -> Bounds:
     """[x - eps, x + eps] around finite data x, containing the real box: computed in float64 with
     eps's own rounding (a decimal budget is stored to within u * eps) and the subtraction's covered,
@@ -106,7 +111,7 @@ def input_box(x: Tensor, eps: Tensor | float, dtype: torch.dtype | None = None) 
     x64 = x.to(torch.float64)
     e_host = torch.as_tensor(eps, dtype=torch.float64, device="cpu")  # a few budgets: tested on the host
     e = constant(tuple(e_host.flatten().tolist()), torch.float64, x.device).view(e_host.shape)
-    r = e * (1 + 4 * torch.finfo(torch.float64).eps)  # >= the real eps after its own rounding
+    r = real_radius(e)
     lo, hi = x64 - r, x64 + r
     torch.nextafter(lo, constant(-math.inf, lo.dtype, lo.device), out=lo)  # the subtraction's rounding
     torch.nextafter(hi, constant(math.inf, hi.dtype, hi.device), out=hi)  # (no NaN: x is finite)
