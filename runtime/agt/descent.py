@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pcert.compiler.graph import Layer
@@ -292,12 +291,13 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
         sum_lo, sum_hi = _factored_sum(lo_c, rows_c).flatten(1), _factored_sum(hi_c, rows_c).flatten(1)
     # per-sample differences in float32 (the caller's a-priori term covers their rounding), one budget
     # point at a time so that only one point's coefficients exist at once
-    tops = []
+    top_lo, top_hi = [], []  # per point: the sum of its own k largest (smallest) differences, [1, F]
     for q in range(p):
         pick = lambda t: t[q:q + 1] if t.shape[0] > 1 else t  # noqa: E731
         k = adv.k[q]
-        if k == 0:  # not attacked: _select_sum gives 0
-            tops.append((torch.zeros(1, kmax, sum_lo.shape[1], device=sum_lo.device),) * 2)
+        if k == 0:  # not attacked
+            top_lo.append(torch.zeros_like(sum_lo[:1]))
+            top_hi.append(torch.zeros_like(sum_hi[:1]))
             continue
         point = lambda cs: [(a[q:q + 1], b[q:q + 1]) for a, b in cs]  # noqa: E731
         clean = ([pick(r) for r in rows_c], point(lo_c), point(hi_c))
@@ -309,12 +309,11 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
             poisoned = _sign_split_coefs(g_lo, g_hi, rows_q[0], rows_q[-1], len(rows_q) == 1)
         rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
         topk = _topk_for(rows[0].device)
-        t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # this point's own k: fewer inserts, earlier exits
-        pad = (0, 0, 0, kmax - k)  # slots past k never enter this point's top-k sum
-        tops.append((F.pad(t_hi, pad, value=-math.inf), F.pad(t_lo, pad, value=math.inf)))
-    top_hi, top_lo = torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops])
-    lo = sum_lo + _select_sum(top_lo.to(sum_lo.dtype), adv.k, False)
-    hi = sum_hi + _select_sum(top_hi.to(sum_hi.dtype), adv.k, True)
+        t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # exactly this point's k: summed as they are
+        top_hi.append(t_hi.to(sum_hi.dtype).sum(1))
+        top_lo.append(t_lo.to(sum_lo.dtype).sum(1))
+    lo = sum_lo + torch.cat(top_lo)
+    hi = sum_hi + torch.cat(top_hi)
     if lg.bias:
         g_lo, g_hi, pg_lo, pg_hi = sq(c.g_lo), sq(c.g_hi), sq(pz.g_lo), sq(pz.g_hi)
         d_hi = torch.nan_to_num(pg_hi - g_hi, nan=math.inf).clamp(min=0.0)

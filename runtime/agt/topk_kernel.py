@@ -6,9 +6,10 @@ for an upper and a lower coefficient set c (u_i: the M distinct input rows of sa
 clean x and the poisoned x_lo, x_hi; c: gradient-factor bounds, see descent._sign_split_coefs).
 Materialising d (batch x |W|) and running torch.topk costs hundreds of times a plain SGD step;
 this kernel keeps a sorted top-k per weight and never forms a value that cannot enter it: a
-per-sample bound |d_i[o, j]| <= a_i[o] |r_i[j]| + e_i[o] (r: one input row; ``_sample_bounds``)
-costs one multiply-add per weight and is tested against the smaller threshold first, so only a
-few dozen of thousands of samples per weight are evaluated in full. Thresholds are seeded by
+per-sample bound |d_i[o, j]| <= slope |r_i[j]| + offset (r: one input row; slope and offset per
+sample, output, side and region of r_j, see ``_layout_coefs``) costs a multiply-add per weight and
+side and is tested against that side's threshold first, so only a few dozen of thousands of
+samples per weight are evaluated in full (where many samples tie near the k-th value, a few hundred). Thresholds are seeded by
 each output's samples of largest bound, evaluated densely; the rest stream in memory order,
 tested per tile of inputs and then per input. Small layers are evaluated densely throughout.
 A skipped value is at most the threshold it was tested against, even as computed in float32, so
@@ -33,62 +34,126 @@ _TILE = 64  # inputs per tile of the coarse test (a multiple of 8)
 
 
 @numba.njit(nogil=True, cache=True)
-def _sample_bounds(coef: np.ndarray, rows: np.ndarray) -> tuple:  # pragma: no cover
-    """Per-sample factors of the pruning bound |d_i[o, j]| <= a[p, o, i] |r_i[j]| + e[p, o, i].
+def _layout_rows(rows, out, dev, r_max, i0, i1):  # pragma: no cover
+    """Samples i0..i1-1 of the input rows in the kernel's layout, with the pruning bound's row factors.
 
-    r = the last input row, D_i = max_{m, j} |u_m[i, j] - r[i, j]|. With s_m the sign of u_m,
-    d = sum_m c_m^{s_m} u_m. If all s_m agree (zeros may take either sign), d = (sum_m c_m^s) r +
-    sum_m c_m^s (u_m - r), so |d| <= A |r| + C D with A = max_s |sum_m c_m^s| and
-    C = sum_m max_s |c_m^s|; if they differ, r lies within D of 0 and |d| <= C (|r| + D) <= 2 C D.
-    So a = A and e = 2 C D, both sides (hi, lo) at once. A clean row shared with the poisoned
-    factors (labels poisoned only) has D = 0 and a = the coefficient difference: the bound sees the
-    cancellation between clean and poisoned gradients that a sum of magnitudes would not.
-    Evaluated in float64, then raised by 1e-5 C (covering the float32 evaluation of the key and of
-    d itself, so a skipped value could not have entered the top-k even as computed); inf where a
-    coefficient is inf or NaN (the caller gives up). coef [P, b, O, 2 (hi, lo), M, 2 (+, -)].
-    Also returns max |r_i[j]| over each tile of ``_TILE`` inputs, [Q, b, tiles].
+    rows: M arrays u_m [Q|1, b, J] (any float dtype); out [Q, b, M, J] float32 (a sample's rows
+    together). dev [Q, b] float32 >= D_i = max_{m, j} |u_m[i, j] - r[i, j]| over the float32 rows the
+    kernel reads (r = the last row; NaN -> inf: the caller gives up); r_max [Q, b, tiles] = max |r_i[j]|
+    over each tile of ``_TILE`` inputs. See ``_layout_coefs`` for the bound.
     """
-    p_n, b_n, o_n, _, m_n, _ = coef.shape
-    q_n, _, _, j_n = rows.shape
-    dev = np.zeros((q_n, b_n), np.float64)
-    r_max = np.zeros((q_n, b_n, (j_n + _TILE - 1) // _TILE), np.float32)
+    m_n = len(rows)
+    q_n, _, _, j_n = out.shape
     for q in range(q_n):
-        for i in range(b_n):
+        for i in range(i0, i1):
+            for m in range(m_n):
+                src = rows[m]
+                qq = q if src.shape[0] > 1 else 0
+                for j in range(j_n):
+                    out[q, i, m, j] = src[qq, i, j]
             d = 0.0
             for m in range(m_n - 1):
                 for j in range(j_n):
-                    v = abs(np.float64(rows[q, i, m, j]) - np.float64(rows[q, i, m_n - 1, j]))
-                    d = max(d, v if v < np.inf else np.inf)  # NaN -> inf: the caller gives up
-            dev[q, i] = d
-            for j in range(j_n):
-                v = abs(rows[q, i, m_n - 1, j])
-                r_max[q, i, j // _TILE] = max(r_max[q, i, j // _TILE], v if v < np.inf else np.inf)
-    a_out = np.zeros((p_n, o_n, b_n), np.float32)
-    e_out = np.zeros((p_n, o_n, b_n), np.float32)
+                    v = abs(np.float64(out[q, i, m, j]) - np.float64(out[q, i, m_n - 1, j]))
+                    d = max(d, v if v < np.inf else np.inf)
+            d = d * (1.0 + 1e-12)  # the float64 differences may round down
+            dq = np.float32(d)
+            dev[q, i] = dq if dq >= d or not d < np.inf else np.nextafter(dq, np.float32(np.inf))
+            for t in range(r_max.shape[2]):
+                hi = np.float32(0.0)
+                for j in range(t * _TILE, min(t * _TILE + _TILE, j_n)):
+                    v = abs(out[q, i, m_n - 1, j])
+                    hi = max(hi, v if v < np.inf else np.float32(np.inf))
+                r_max[q, i, t] = hi
+
+
+_SLACK = 1e-5  # relative raise of the pruning bound: covers the float32 evaluation of d and of the bound
+
+
+@numba.njit(nogil=True, cache=True)
+def _layout_coefs(coefs, dev, out, fac, i0, i1):  # pragma: no cover
+    """Samples i0..i1-1 of the coefficients in the kernel's layout, with the pruning bound's factors.
+
+    coefs: 4M arrays [P|1, b, O], hi side then lo side, per row its (+, -) pair; out
+    [P, b, O, 2 (hi, lo), M, 2 (+, -)] float32 (a (sample, output)'s coefficients in one cache line).
+    The bound, per side, with r = the last input row, D >= |u_m - r| (``_layout_rows``) and s the
+    sign of r_j (either at 0):
+      |d_i[o, j]| <= a_s |r_j| + e_s        where |r_j| > D,
+      |d_i[o, j]| <= m_s |r_j| + e_0        where |r_j| <= D;
+    fac [P, O, b, 16] = per side (a+, e+, a-, e-, m+, m-, e_0, unused). Write d = sum_m phi_m(u_m) with
+    phi_m(u) = c_m^+ max(u, 0) + c_m^- min(u, 0) and phi_m(r) = c_m^s r, so that
+    d = A_s r + sum_{m < last} (phi_m(u_m) - phi_m(r)) with A_s = sum_m c_m^s (the last row's own
+    difference vanishes). a_s = |A_s|: it sees the cancellation between clean and poisoned gradients.
+    A row u_m on r's side of 0 differs by |c_m^s| |u_m - r| <= |c_m^s| D. A row across 0 (only where
+    |r| <= D) by at most |c_m^-s| |u_m| + |c_m^s| |r| <= |c_m^-s| (D - |r|) + |c_m^s| |r|. Where
+    |r| > D every row is on r's side: e_s = C_s D, C_s = sum_{m < last} |c_m^s| (a poisoned box
+    around a clean input costs about |g| D). Where |r| <= D both cases lie below the chord
+    M_m D + (|c_m^s| - M_m) |r| (M_m = max_s |c_m^s|; the first case is constant and the second
+    linear, and both meet the chord's ends), so m_s = a_s + C_s - C (at most a_s) and e_0 = C D,
+    C = sum_{m < last} M_m. Evaluated in float64 on the float32 coefficients; every slope is then
+    raised by ``_SLACK`` times the sum of all coefficient magnitudes and every offset by that times D,
+    which covers the float32 evaluation of the bound and of d itself (so a skipped value could not
+    have entered the top-k even as computed); inf where a coefficient is inf or NaN (the caller
+    gives up).
+    """
+    p_n, _, o_n, _, m_n, _ = out.shape
+    q_n = dev.shape[0]
     for p in range(p_n):
         q = p if q_n > 1 else 0
-        for i in range(b_n):
+        for i in range(i0, i1):
+            for k in range(4 * m_n):
+                src = coefs[k]
+                pp = p if src.shape[0] > 1 else 0
+                side, m, s = k // (2 * m_n), (k // 2) % m_n, k % 2
+                for o in range(o_n):
+                    out[p, i, o, side, m, s] = src[pp, i, o]
+            d = np.float64(dev[q, i])
             for o in range(o_n):
-                a = 0.0
-                c = 0.0
-                total = 0.0  # inf or NaN if any coefficient is
                 for side in range(2):
-                    sp = 0.0
+                    sp = 0.0  # A_+ = sum_m c_m^+
                     sn = 0.0
-                    cs = 0.0
+                    rp = 0.0  # C_+ = sum_{m < last} |c_m^+|
+                    rn = 0.0
+                    c = 0.0  # C = sum_{m < last} max_s |c_m^s|
+                    total = 0.0  # all magnitudes; inf or NaN if any coefficient is
                     for m in range(m_n):
-                        cp, cn = np.float64(coef[p, i, o, side, m, 0]), np.float64(coef[p, i, o, side, m, 1])
+                        cp, cn = np.float64(out[p, i, o, side, m, 0]), np.float64(out[p, i, o, side, m, 1])
                         sp += cp
                         sn += cn
-                        cs += max(abs(cp), abs(cn))
                         total += abs(cp) + abs(cn)
-                    a = max(a, max(abs(sp), abs(sn)))
-                    c = max(c, cs)
-                if not total < np.inf:
-                    a = c = np.inf
-                a_out[p, o, i] = (a + 1e-5 * c) * (1.0 + 1e-5)
-                e_out[p, o, i] = 2.0 * c * dev[q, i] * (1.0 + 1e-5)
-    return a_out, e_out, r_max
+                        if m < m_n - 1:
+                            rp += abs(cp)
+                            rn += abs(cn)
+                            c += max(abs(cp), abs(cn))
+                    if not total < np.inf:
+                        sp = sn = rp = rn = c = total = np.inf
+                    slack = _SLACK * total
+                    f = 8 * side
+                    fac[p, o, i, f] = abs(sp) + slack
+                    fac[p, o, i, f + 1] = (rp + slack) * d
+                    fac[p, o, i, f + 2] = abs(sn) + slack
+                    fac[p, o, i, f + 3] = (rn + slack) * d
+                    fac[p, o, i, f + 4] = abs(sp) + rp - c + slack
+                    fac[p, o, i, f + 5] = abs(sn) + rn - c + slack
+                    fac[p, o, i, f + 6] = (c + slack) * d
+                    fac[p, o, i, f + 7] = 0.0
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _side_bound(ap, ep, an, en, mp, mn, e0, x, d):  # pragma: no cover
+    """One side's pruning bound at input value x (``_layout_coefs``)."""
+    ax = abs(x)
+    inner = ax <= d
+    pos = x >= 0.0
+    slope = (mp if pos else mn) if inner else (ap if pos else an)
+    offset = e0 if inner else (ep if pos else en)
+    return slope * ax + offset
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _tile_bound(ap, ep, an, en, mp, mn, e0, r_top, d):  # pragma: no cover
+    """One side's largest pruning bound over inputs with |x| <= r_top."""
+    return max(max(ap * r_top + ep, an * r_top + en), e0 + max(max(mp, mn), 0.0) * min(r_top, d))
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
@@ -156,17 +221,17 @@ def _merge(src, dst, v):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(coef, rows, seeds, a_fac, e_fac, r_max, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
+def _kernel(coef, rows, seeds, fac, dev, r_max, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
     """Tasks first..last-1 of (p, block of outputs); coef [P, b, O, 2, M, 2], rows [Q, b, M, J].
 
     Seeding: each output's samples of largest bound (``seeds``) are evaluated for all inputs and
     merged into the top-k lists branch-free, which lifts the thresholds near their final values.
-    Then every other (sample, output) pair, in memory order, tests the bound a |r_j| + e against
-    the smaller of the two thresholds for all inputs (one multiply-add and compare per weight,
-    vectorised, into byte flags read 8 at a time); only inputs whose bound exceeds it are
+    Then every other (sample, output) pair, in memory order, tests each side's bound
+    (``_layout_coefs``; fac its factors, dev = D) against that side's thresholds for all inputs
+    (vectorised, into byte flags read 8 at a time); only inputs whose bound exceeds a threshold are
     evaluated and inserted.
     """
-    p_n, b_n, o_n = coef.shape[0], coef.shape[1], coef.shape[2]
+    b_n, o_n = coef.shape[1], coef.shape[2]
     q_n, _, m_n, j_n = rows.shape
     n_blocks = (o_n + block - 1) // block
     for task in range(first, last):
@@ -180,7 +245,6 @@ def _kernel(coef, rows, seeds, a_fac, e_fac, r_max, kmax, block, out_hi, out_lo,
         seed_lo = np.zeros((2, kmax, j_n), np.float32)
         th_hi = np.zeros((ob, j_n), np.float32)
         th_lo = np.zeros((ob, j_n), np.float32)
-        th = np.zeros((ob, j_n), np.float32)  # min(th_hi, th_lo): what the bound must exceed
         done = np.zeros((ob, b_n), np.bool_)
         v_hi = np.empty(j_n, np.float32)
         v_lo = np.empty(j_n, np.float32)
@@ -192,7 +256,8 @@ def _kernel(coef, rows, seeds, a_fac, e_fac, r_max, kmax, block, out_hi, out_lo,
             n_merged = 0
             for s in range(seeds.shape[2]):
                 i = seeds[p, o0 + u, s]
-                if a_fac[p, o0 + u, i] <= 0.0 and e_fac[p, o0 + u, i] <= 0.0:
+                f = fac[p, o0 + u, i]
+                if max(max(f[0], f[2]), f[6]) <= 0.0 and max(max(f[8], f[10]), f[14]) <= 0.0:
                     continue  # zero (or trusted: masked) samples are never evaluated
                 done[u, i] = True
                 _values(coef, rows, p, q, i, o0 + u, v_hi, v_lo)
@@ -207,26 +272,41 @@ def _kernel(coef, rows, seeds, a_fac, e_fac, r_max, kmax, block, out_hi, out_lo,
                     best_lo[u, j, c] = seed_lo[last, c, j]
                 th_hi[u, j] = seed_hi[last, kmax - 1, j]
                 th_lo[u, j] = seed_lo[last, kmax - 1, j]
-                th[u, j] = min(th_hi[u, j], th_lo[u, j])
         n_tiles = r_max.shape[2]
-        th_min = np.zeros((ob, n_tiles), np.float32)  # a lower bound of th per tile (refreshed: th only grows)
+        th_min = np.zeros((ob, 2, n_tiles), np.float32)  # lower bounds of the thresholds per tile (they only grow)
         for i in range(b_n):
             if i % 64 == 0:
                 for u in range(ob):
                     for t in range(n_tiles):
-                        th_min[u, t] = th[u, t * _TILE:min(t * _TILE + _TILE, j_n)].min()
+                        th_min[u, 0, t] = th_hi[u, t * _TILE:min(t * _TILE + _TILE, j_n)].min()
+                        th_min[u, 1, t] = th_lo[u, t * _TILE:min(t * _TILE + _TILE, j_n)].min()
             r = rows[q, i, m_n - 1]
+            d = dev[q, i]
             for u in range(ob):
-                a, e = a_fac[p, o0 + u, i], e_fac[p, o0 + u, i]
-                if done[u, i] or (a <= 0.0 and e <= 0.0):
+                f = fac[p, o0 + u, i]
+                hp, hep, hn, hen, hmp, hmn, he0 = f[0], f[1], f[2], f[3], f[4], f[5], f[6]
+                lp, lep, ln, len_, lmp, lmn, le0 = f[8], f[9], f[10], f[11], f[12], f[13], f[14]
+                if done[u, i] or (max(max(hp, hn), he0) <= 0.0 and max(max(lp, ln), le0) <= 0.0):
                     continue
                 for t in range(n_tiles):
-                    if a * r_max[q, i, t] + e <= th_min[u, t]:
+                    rt = r_max[q, i, t]
+                    if (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, rt, d) <= th_min[u, 0, t]
+                            and _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, rt, d) <= th_min[u, 1, t]):
                         continue  # the whole tile is below its thresholds
                     j0 = t * _TILE
                     j1 = min(j0 + _TILE, j_n)
-                    for j in range(j0, j1):  # vectorised: one multiply-add and compare per weight
-                        flags[j - j0] = a * abs(r[j]) + e > th[u, j]
+                    if d > 0.0:  # vectorised: per side a multiply-add, a few selects, a compare
+                        for j in range(j0, j1):
+                            x = r[j]
+                            flags[j - j0] = ((_side_bound(hp, hep, hn, hen, hmp, hmn, he0, x, d) > th_hi[u, j])
+                                             | (_side_bound(lp, lep, ln, len_, lmp, lmn, le0, x, d) > th_lo[u, j]))
+                    else:  # no other row (labels poisoned only): the bound is a_s |x| on each side
+                        for j in range(j0, j1):
+                            x = r[j]
+                            ax = abs(x)
+                            pos = x >= 0.0
+                            flags[j - j0] = (((hp if pos else hn) * ax > th_hi[u, j])
+                                             | ((lp if pos else ln) * ax > th_lo[u, j]))
                     for w in range((j1 - j0 + 7) // 8):  # 8 flags per word; most words are zero
                         if words[w] == 0:
                             continue
@@ -238,7 +318,6 @@ def _kernel(coef, rows, seeds, a_fac, e_fac, r_max, kmax, block, out_hi, out_lo,
                                 th_hi[u, j] = _insert(best_hi[u, j], hi)
                             if lo > th_lo[u, j]:
                                 th_lo[u, j] = _insert(best_lo[u, j], lo)
-                            th[u, j] = min(th_hi[u, j], th_lo[u, j])
         for u in range(ob):
             for kk in range(kmax):
                 for j in range(j_n):
@@ -254,41 +333,57 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
     min(u_m, 0), each [P, b, O]; keep [b] marks the rows the adversary may touch (None: all).
     Returns two [P, kmax, O * J] float32 tensors (unsorted), in the layout of ``RunningTopK.values``.
     """
-    (p, b, o), m, j = coef_hi[0][0].shape, len(rows), rows[0].shape[2]
+    (_, b, o), m, j = coef_hi[0][0].shape, len(rows), rows[0].shape[2]
     if o > 4 * j:  # short input rows (e.g. a 2-feature input layer): stream the long axis
         return _transposed(coef_hi, coef_lo, rows, keep, kmax)
-    f32 = lambda t: t.to(torch.float32).cpu().expand(p, b, o)  # noqa: E731
-    coef = torch.stack([f32(c) for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair], -1)
-    coef = coef.view(p, b, o, 2, m, 2)  # the kernel's layout: a (sample, output)'s coefficients together
-    rows = torch.stack([u.to(torch.float32).cpu() for u in rows], 2)  # [Q, b, M, J]
-    a_fac, e_fac, r_max = (torch.from_numpy(t) for t in _sample_bounds(coef.numpy(), rows.numpy()))
-    big = a_fac.amax() * r_max.amax() + e_fac.amax()
-    if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
-        inf = torch.full((p, kmax, o * j), math.inf)
-        return inf, -inf
-    if keep is not None:
-        trusted = ~keep.cpu().view(1, 1, -1)
-        a_fac, e_fac = a_fac.masked_fill(trusted, 0.0), e_fac.masked_fill(trusted, 0.0)
-    reach = a_fac * r_max.amax(-1).view(-1, 1, b) + e_fac  # [P, O, b]: the bound's largest value
-    n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, _SEEDS * kmax)  # small layers: all, densely
-    seeds = reach.topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
-    n_blocks = -(-o // BLOCK)
-    out_hi = np.empty((p, kmax, o * j), np.float32)
-    out_lo = np.empty((p, kmax, o * j), np.float32)
-    args = (coef.numpy(), rows.numpy(), seeds.numpy(), a_fac.numpy(), e_fac.numpy(), r_max.numpy(), kmax, BLOCK,
-            out_hi, out_lo)
-    # plain threads (the kernel releases the GIL) rather than numba's parallel layer, whose spinning
-    # workers fight torch's OpenMP pool on small machines; tasks write disjoint outputs
-    n_tasks = p * n_blocks
-    workers = max(1, min(torch.get_num_threads(), n_tasks))
-    cuts = [n_tasks * w // workers for w in range(workers + 1)]
-    with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
-        if workers == 1:
-            _kernel(*args, 0, n_tasks)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda w: _kernel(*args, cuts[w], cuts[w + 1]), range(workers)))
+    p = max(c.shape[0] for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair)
+    q = max(u.shape[0] for u in rows)
+    workers = torch.get_num_threads()
+    with ThreadPoolExecutor(workers) as pool:
+        # plain threads (the kernels release the GIL) rather than numba's parallel layer, whose
+        # spinning workers fight torch's OpenMP pool on small machines; tasks write disjoint outputs
+        def run(fn, n_tasks: int, *args) -> None:
+            n = max(1, min(workers, n_tasks))
+            cuts = [n_tasks * w // n for w in range(n + 1)]
+            list(pool.map(lambda w: fn(*args, cuts[w], cuts[w + 1]), range(n)))
+
+        coef = np.empty((p, b, o, 2, m, 2), np.float32)
+        row_t = np.empty((q, b, m, j), np.float32)
+        dev = np.empty((q, b), np.float32)
+        r_max = np.empty((q, b, -(-j // _TILE)), np.float32)
+        fac = np.empty((p, o, b, 16), np.float32)
+        run(_layout_rows, b, _sources(rows), row_t, dev, r_max)
+        run(_layout_coefs, b, _sources([c for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair]),
+            dev, coef, fac)
+        fac_t, r_all = torch.from_numpy(fac), torch.from_numpy(r_max).amax(-1).view(-1, 1, b)
+        if keep is not None:
+            fac_t.masked_fill_(~keep.cpu().view(1, 1, -1, 1), 0.0)
+        # [P, O, b]: the bound's largest value over a sample's inputs (``_tile_bound`` over the row)
+        d = torch.from_numpy(dev).view(-1, 1, b)
+        f = [fac_t[..., k] for k in range(16)]
+        reach = torch.maximum(*(torch.maximum(torch.maximum(f[s] * r_all + f[s + 1], f[s + 2] * r_all + f[s + 3]),
+                                              f[s + 6] + torch.maximum(f[s + 4], f[s + 5]).clamp(min=0)
+                                              * torch.minimum(r_all, d)) for s in (0, 8)))
+        big = reach.amax()
+        if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
+            inf = torch.full((p, kmax, o * j), math.inf)
+            return inf, -inf
+        n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, _SEEDS * kmax)  # small layers: all, densely
+        seeds = reach.topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
+        block = min(BLOCK, -(-o // -(-workers // p)))  # at least one task per worker where outputs allow
+        out_hi = np.empty((p, kmax, o * j), np.float32)
+        out_lo = np.empty((p, kmax, o * j), np.float32)
+        with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
+            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_max, kmax, block, out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
+
+
+def _sources(ts: list[Tensor]) -> tuple[np.ndarray, ...]:
+    """Host arrays of one dtype and C layout (a homogeneous tuple for numba); a broadcast budget axis
+    is kept at length 1 (the layouts index it by point only where it is longer)."""
+    dtype = torch.float64 if any(t.dtype != ts[0].dtype for t in ts) else ts[0].dtype
+    one = lambda t: t[:1] if t.shape[0] > 1 and t.stride(0) == 0 else t  # noqa: E731
+    return tuple(one(t).detach().to("cpu", dtype).contiguous().numpy() for t in ts)
 
 
 def _transposed(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],

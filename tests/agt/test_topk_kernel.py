@@ -3,6 +3,8 @@ per-sample differences."""
 import math
 from unittest import mock
 
+import numba
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -83,6 +85,66 @@ def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shap
         _assert_matches_exact(outer_topk, coefs, rows, keep, kk)
     # the torch fallback for accelerators without Triton computes the same values
     _assert_matches_exact(_streamed_topk, [c.float() for c in coefs], rows.float(), keep, kk)
+
+
+@numba.njit
+def _kernel_view(coef, rows, fac, dev, r_max):
+    """What the kernel sees per (p, o, i, j) and side: its float32 value of d, its pruning bound, and
+    the bound it tests a whole tile of inputs with."""
+    p_n, b_n, o_n = coef.shape[0], coef.shape[1], coef.shape[2]
+    q_n, _, m_n, j_n = rows.shape
+    value = np.zeros((p_n, o_n, b_n, j_n, 2))
+    bound = np.zeros((p_n, o_n, b_n, j_n, 2))
+    tile = np.zeros((p_n, o_n, b_n, j_n, 2))
+    for p in range(p_n):
+        q = p if q_n > 1 else 0
+        for o in range(o_n):
+            for i in range(b_n):
+                d = dev[q, i]
+                for j in range(j_n):
+                    hi, lo = topk_kernel._value(coef, rows, p, q, i, o, j)
+                    value[p, o, i, j, 0], value[p, o, i, j, 1] = hi, lo
+                    for side in range(2):
+                        f = fac[p, o, i, 8 * side:8 * side + 7]
+                        bound[p, o, i, j, side] = topk_kernel._side_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6],
+                                                                          rows[q, i, m_n - 1, j], d)
+                        tile[p, o, i, j, side] = topk_kernel._tile_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6],
+                                                                         r_max[q, i, j // topk_kernel._TILE], d)
+    return value, bound, tile
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), m=st.integers(1, 4), shared=st.booleans(), scale=st.sampled_from([1.0, 0.01]),
+       spread=st.sampled_from([0.0, 0.003, 0.01, 0.03, 1.0]), cancel=st.booleans())
+def test_pruning_bound_holds_for_every_value(seed, m, shared, scale, spread, cancel):
+    """The per-sample bound the kernel prunes with lies above |d| for every (sample, weight) and side,
+    exactly (float64 on the kernel's float32 inputs) and as the kernel computes d (float32), in every
+    region: rows far from 0 (one sign), and rows around 0 whose other rows lie across it."""
+    g = torch.Generator().manual_seed(seed)
+    p, b, o, j = 2, 12, 5, 150
+    coefs = [torch.randn(p, b, o, m, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    coefs = [torch.where(torch.rand(c.shape, generator=g) < 0.3, 0.0, c) for c in coefs]
+    if cancel:  # clean minus poisoned factors: the last row's coefficients nearly cancel the others'
+        for c in coefs:
+            c[..., -1, :] = -c[..., :-1, :].sum(-2) + 0.01 * torch.randn(p, b, o, 2, generator=g, dtype=torch.float64)
+    q = 1 if shared else p
+    r = scale * torch.randn(q, b, 1, j, generator=g, dtype=torch.float64)
+    rows = torch.cat([r + spread * (2 * torch.rand(q, b, m - 1, j, generator=g, dtype=torch.float64) - 1), r], 2)
+    (hi, rs), (lo, _) = _split(coefs[0], rows), _split(coefs[1], rows)
+    coef = np.empty((p, b, o, 2, m, 2), np.float32)
+    row_t = np.empty((q, b, m, j), np.float32)
+    dev = np.empty((q, b), np.float32)
+    r_max = np.empty((q, b, -(-j // topk_kernel._TILE)), np.float32)
+    fac = np.empty((p, o, b, 16), np.float32)
+    topk_kernel._layout_rows(topk_kernel._sources(rs), row_t, dev, r_max, 0, b)
+    topk_kernel._layout_coefs(topk_kernel._sources([c for cs in (hi, lo) for pair in cs for c in pair]), dev, coef,
+                              fac, 0, b)
+    assert np.all(dev >= np.abs(row_t - row_t[:, :, -1:]).max((2, 3)))
+    value, bound, tile = _kernel_view(coef, row_t, fac, dev, r_max)
+    signed = np.stack((np.maximum(row_t, 0), np.minimum(row_t, 0)), 3).astype(np.float64)  # [Q, b, M, 2, J]
+    exact = np.einsum("pbosmt,pbmtj->pobjs", coef.astype(np.float64), np.broadcast_to(signed, (p, *signed.shape[1:])))
+    for d in (np.abs(exact), np.abs(value)):
+        assert np.all(d <= bound) and np.all(d <= tile)
 
 
 @pytest.fixture()
