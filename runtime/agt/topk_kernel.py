@@ -34,12 +34,13 @@ _TILE = 64  # inputs per tile of the coarse test (a multiple of 8)
 
 
 @numba.njit(nogil=True, cache=True)
-def _layout_rows(rows, out, dev, r_max, i0, i1):  # pragma: no cover
+def _layout_rows(rows, out, dev, r_ext, i0, i1):  # pragma: no cover
     """Samples i0..i1-1 of the input rows in the kernel's layout, with the pruning bound's row factors.
 
     rows: M arrays u_m [Q|1, b, J] (any float dtype); out [Q, b, M, J] float32 (a sample's rows
     together). dev [Q, b] float32 >= D_i = max_{m, j} |u_m[i, j] - r[i, j]| over the float32 rows the
-    kernel reads (r = the last row; NaN -> inf: the caller gives up); r_max [Q, b, tiles] = max |r_i[j]|
+    kernel reads (r = the last row; NaN -> inf: the caller gives up); r_ext [Q, b, tiles, 4] = per tile of inputs t_0 = max |r_i[j]|, whether some |r_i[j]| > D, min(t_0, D)
+    and whether some |r_i[j]| <= D (0 or 1)
     over each tile of ``_TILE`` inputs. See ``_layout_coefs`` for the bound.
     """
     m_n = len(rows)
@@ -59,12 +60,18 @@ def _layout_rows(rows, out, dev, r_max, i0, i1):  # pragma: no cover
             d = d * (1.0 + 1e-12)  # the float64 differences may round down
             dq = np.float32(d)
             dev[q, i] = dq if dq >= d or not d < np.inf else np.nextafter(dq, np.float32(np.inf))
-            for t in range(r_max.shape[2]):
+            dq = dev[q, i]
+            for t in range(r_ext.shape[2]):
                 hi = np.float32(0.0)
+                lo = np.float32(np.inf)
                 for j in range(t * _TILE, min(t * _TILE + _TILE, j_n)):
                     v = abs(out[q, i, m_n - 1, j])
                     hi = max(hi, v if v < np.inf else np.float32(np.inf))
-                r_max[q, i, t] = hi
+                    lo = min(lo, v)
+                r_ext[q, i, t, 0] = hi
+                r_ext[q, i, t, 1] = 1.0 if hi > dq else 0.0  # some input lies outside [-D, D]
+                r_ext[q, i, t, 2] = min(hi, dq)
+                r_ext[q, i, t, 3] = 1.0 if lo <= dq else 0.0  # some input lies inside
 
 
 _SLACK = 1e-5  # relative raise of the pruning bound: covers the float32 evaluation of d and of the bound
@@ -151,9 +158,10 @@ def _side_bound(ap, ep, an, en, mp, mn, e0, x, d):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _tile_bound(ap, ep, an, en, mp, mn, e0, r_top, d):  # pragma: no cover
-    """One side's largest pruning bound over inputs with |x| <= r_top."""
-    return max(max(ap * r_top + ep, an * r_top + en), e0 + max(max(mp, mn), 0.0) * min(r_top, d))
+def _tile_bound(ap, ep, an, en, mp, mn, e0, top, outer, inner_top, inner):  # pragma: no cover
+    """One side's largest pruning bound over a tile of inputs, over the regions present in it (the
+    tile's ``r_ext``; branch-free, as the bounds are finite and non-negative)."""
+    return max(max(ap * top + ep, an * top + en) * outer, (e0 + max(max(mp, mn), 0.0) * inner_top) * inner)
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
@@ -221,7 +229,7 @@ def _merge(src, dst, v):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(coef, rows, seeds, fac, dev, r_max, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
+def _kernel(coef, rows, seeds, fac, dev, r_ext, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
     """Tasks first..last-1 of (p, block of outputs); coef [P, b, O, 2, M, 2], rows [Q, b, M, J].
 
     Seeding: each output's samples of largest bound (``seeds``) are evaluated for all inputs and
@@ -272,7 +280,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_max, kmax, block, out_hi, out_lo, fir
                     best_lo[u, j, c] = seed_lo[last, c, j]
                 th_hi[u, j] = seed_hi[last, kmax - 1, j]
                 th_lo[u, j] = seed_lo[last, kmax - 1, j]
-        n_tiles = r_max.shape[2]
+        n_tiles = r_ext.shape[2]
         th_min = np.zeros((ob, 2, n_tiles), np.float32)  # lower bounds of the thresholds per tile (they only grow)
         for i in range(b_n):
             if i % 64 == 0:
@@ -289,9 +297,9 @@ def _kernel(coef, rows, seeds, fac, dev, r_max, kmax, block, out_hi, out_lo, fir
                 if done[u, i] or (max(max(hp, hn), he0) <= 0.0 and max(max(lp, ln), le0) <= 0.0):
                     continue
                 for t in range(n_tiles):
-                    rt = r_max[q, i, t]
-                    if (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, rt, d) <= th_min[u, 0, t]
-                            and _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, rt, d) <= th_min[u, 1, t]):
+                    x0, x1, x2, x3 = r_ext[q, i, t, 0], r_ext[q, i, t, 1], r_ext[q, i, t, 2], r_ext[q, i, t, 3]
+                    if (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, x0, x1, x2, x3) <= th_min[u, 0, t]
+                            and _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, x0, x1, x2, x3) <= th_min[u, 1, t]):
                         continue  # the whole tile is below its thresholds
                     j0 = t * _TILE
                     j1 = min(j0 + _TILE, j_n)
@@ -350,20 +358,22 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
         coef = np.empty((p, b, o, 2, m, 2), np.float32)
         row_t = np.empty((q, b, m, j), np.float32)
         dev = np.empty((q, b), np.float32)
-        r_max = np.empty((q, b, -(-j // _TILE)), np.float32)
+        r_ext = np.empty((q, b, -(-j // _TILE), 4), np.float32)
         fac = np.empty((p, o, b, 16), np.float32)
-        run(_layout_rows, b, _sources(rows), row_t, dev, r_max)
+        run(_layout_rows, b, _sources(rows), row_t, dev, r_ext)
         run(_layout_coefs, b, _sources([c for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair]),
             dev, coef, fac)
-        fac_t, r_all = torch.from_numpy(fac), torch.from_numpy(r_max).amax(-1).view(-1, 1, b)
+        fac_t = torch.from_numpy(fac)
         if keep is not None:
             fac_t.masked_fill_(~keep.cpu().view(1, 1, -1, 1), 0.0)
         # [P, O, b]: the bound's largest value over a sample's inputs (``_tile_bound`` over the row)
-        d = torch.from_numpy(dev).view(-1, 1, b)
+        r_t = torch.from_numpy(r_ext)
+        top, out_any = r_t[..., 0].amax(-1).view(-1, 1, b), r_t[..., 1].amax(-1).view(-1, 1, b)
+        in_top, in_any = r_t[..., 2].amax(-1).view(-1, 1, b), r_t[..., 3].amax(-1).view(-1, 1, b)
         f = [fac_t[..., k] for k in range(16)]
-        reach = torch.maximum(*(torch.maximum(torch.maximum(f[s] * r_all + f[s + 1], f[s + 2] * r_all + f[s + 3]),
-                                              f[s + 6] + torch.maximum(f[s + 4], f[s + 5]).clamp(min=0)
-                                              * torch.minimum(r_all, d)) for s in (0, 8)))
+        outer = [torch.maximum(f[s] * top + f[s + 1], f[s + 2] * top + f[s + 3]) * out_any for s in (0, 8)]
+        inner = [(f[s + 6] + torch.maximum(f[s + 4], f[s + 5]).clamp(min=0) * in_top) * in_any for s in (0, 8)]
+        reach = torch.maximum(torch.maximum(*outer), torch.maximum(*inner))
         big = reach.amax()
         if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
             inf = torch.full((p, kmax, o * j), math.inf)
@@ -374,7 +384,7 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
         out_hi = np.empty((p, kmax, o * j), np.float32)
         out_lo = np.empty((p, kmax, o * j), np.float32)
         with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
-            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_max, kmax, block, out_hi, out_lo)
+            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, kmax, block, out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
 
 

@@ -88,7 +88,7 @@ def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shap
 
 
 @numba.njit
-def _kernel_view(coef, rows, fac, dev, r_max):
+def _kernel_view(coef, rows, fac, dev, r_ext):
     """What the kernel sees per (p, o, i, j) and side: its float32 value of d, its pruning bound, and
     the bound it tests a whole tile of inputs with."""
     p_n, b_n, o_n = coef.shape[0], coef.shape[1], coef.shape[2]
@@ -108,14 +108,15 @@ def _kernel_view(coef, rows, fac, dev, r_max):
                         f = fac[p, o, i, 8 * side:8 * side + 7]
                         bound[p, o, i, j, side] = topk_kernel._side_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6],
                                                                           rows[q, i, m_n - 1, j], d)
+                        e = r_ext[q, i, j // topk_kernel._TILE]
                         tile[p, o, i, j, side] = topk_kernel._tile_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6],
-                                                                         r_max[q, i, j // topk_kernel._TILE], d)
+                                                                         e[0], e[1], e[2], e[3])
     return value, bound, tile
 
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), m=st.integers(1, 4), shared=st.booleans(), scale=st.sampled_from([1.0, 0.01]),
-       spread=st.sampled_from([0.0, 0.003, 0.01, 0.03, 1.0]), cancel=st.booleans())
+       spread=st.sampled_from([0.0, 0.003, 0.01, 0.03, 1.0]), cancel=st.sampled_from([None, 0.01, 0.0]))
 def test_pruning_bound_holds_for_every_value(seed, m, shared, scale, spread, cancel):
     """The per-sample bound the kernel prunes with lies above |d| for every (sample, weight) and side,
     exactly (float64 on the kernel's float32 inputs) and as the kernel computes d (float32), in every
@@ -124,9 +125,9 @@ def test_pruning_bound_holds_for_every_value(seed, m, shared, scale, spread, can
     p, b, o, j = 2, 12, 5, 150
     coefs = [torch.randn(p, b, o, m, 2, generator=g, dtype=torch.float64) for _ in range(2)]
     coefs = [torch.where(torch.rand(c.shape, generator=g) < 0.3, 0.0, c) for c in coefs]
-    if cancel:  # clean minus poisoned factors: the last row's coefficients nearly cancel the others'
+    if cancel is not None:  # clean minus poisoned factors: the last row's coefficients (nearly) cancel the others'
         for c in coefs:
-            c[..., -1, :] = -c[..., :-1, :].sum(-2) + 0.01 * torch.randn(p, b, o, 2, generator=g, dtype=torch.float64)
+            c[..., -1, :] = -c[..., :-1, :].sum(-2) + cancel * torch.randn(p, b, o, 2, generator=g, dtype=torch.float64)
     q = 1 if shared else p
     r = scale * torch.randn(q, b, 1, j, generator=g, dtype=torch.float64)
     rows = torch.cat([r + spread * (2 * torch.rand(q, b, m - 1, j, generator=g, dtype=torch.float64) - 1), r], 2)
@@ -134,17 +135,42 @@ def test_pruning_bound_holds_for_every_value(seed, m, shared, scale, spread, can
     coef = np.empty((p, b, o, 2, m, 2), np.float32)
     row_t = np.empty((q, b, m, j), np.float32)
     dev = np.empty((q, b), np.float32)
-    r_max = np.empty((q, b, -(-j // topk_kernel._TILE)), np.float32)
+    r_ext = np.empty((q, b, -(-j // topk_kernel._TILE), 4), np.float32)
     fac = np.empty((p, o, b, 16), np.float32)
-    topk_kernel._layout_rows(topk_kernel._sources(rs), row_t, dev, r_max, 0, b)
+    topk_kernel._layout_rows(topk_kernel._sources(rs), row_t, dev, r_ext, 0, b)
     topk_kernel._layout_coefs(topk_kernel._sources([c for cs in (hi, lo) for pair in cs for c in pair]), dev, coef,
                               fac, 0, b)
     assert np.all(dev >= np.abs(row_t - row_t[:, :, -1:]).max((2, 3)))
-    value, bound, tile = _kernel_view(coef, row_t, fac, dev, r_max)
+    value, bound, tile = _kernel_view(coef, row_t, fac, dev, r_ext)
     signed = np.stack((np.maximum(row_t, 0), np.minimum(row_t, 0)), 3).astype(np.float64)  # [Q, b, M, 2, J]
     exact = np.einsum("pbosmt,pbmtj->pobjs", coef.astype(np.float64), np.broadcast_to(signed, (p, *signed.shape[1:])))
     for d in (np.abs(exact), np.abs(value)):
         assert np.all(d <= bound) and np.all(d <= tile)
+
+
+def test_tile_bound_covers_rows_across_zero():
+    """A value the box terms of either sign alone cannot bound: rows on both sides of 0 around a
+    reference input within D of 0 (d = 1.4 where the larger outer bound is D = 1); the tile also holds
+    an input far from 0, and the kernel, told to prune everything it can, still finds the value."""
+    rows = torch.tensor([[1.6, 5.0], [-0.4, 4.0], [0.6, 5.0]], dtype=torch.float64)  # u_0, u_1, r over 2 inputs
+    coef = torch.tensor([[1.0, 0.0], [0.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)  # (c+, c-) per row
+    coefs = [coef.expand(1, 2, 1, 3, 2).clone() for _ in range(2)]
+    coefs[1][:, 1] = 0.0  # the second sample: a zero lower side
+    rows = torch.stack((rows, torch.zeros_like(rows)), 0).unsqueeze(0)  # [1, b = 2, M, J]
+    (hi, rs), (lo, _) = _split(coefs[0], rows), _split(coefs[1], rows)
+    coef_l = np.empty((1, 2, 1, 2, 3, 2), np.float32)
+    row_t = np.empty((1, 2, 3, 2), np.float32)
+    dev = np.empty((1, 2), np.float32)
+    r_ext = np.empty((1, 2, 1, 4), np.float32)
+    fac = np.empty((1, 1, 2, 16), np.float32)
+    topk_kernel._layout_rows(topk_kernel._sources(rs), row_t, dev, r_ext, 0, 2)
+    topk_kernel._layout_coefs(topk_kernel._sources([c for cs in (hi, lo) for pair in cs for c in pair]), dev, coef_l,
+                              fac, 0, 2)
+    value, _, tile = _kernel_view(coef_l, row_t, fac, dev, r_ext)
+    assert value[0, 0, 0, 0, 0] == pytest.approx(1.4)
+    assert np.all(np.abs(value) <= tile)
+    with mock.patch.multiple(topk_kernel, _SEEDS=0, _DENSE_ELEMENTS=0):
+        _assert_matches_exact(outer_topk, coefs, rows, None, 1)
 
 
 @pytest.fixture()
