@@ -31,6 +31,7 @@ BLOCK = 8  # outputs per task
 _SEEDS = 16  # samples per output evaluated densely first, per unit of k
 _DENSE_ELEMENTS = 1 << 24  # up to this many per-sample values, all are evaluated densely (no filter)
 _TILE = 64  # inputs per tile of the coarse test (a multiple of 8)
+_LISTED = 1 / 16  # an input's samples within D of 0 are listed where at most this share of the batch is
 
 
 @numba.njit(nogil=True, cache=True)
@@ -87,7 +88,7 @@ def _layout_coefs(coefs, dev, out, fac, i0, i1):  # pragma: no cover
     sign of r_j (either at 0):
       |d_i[o, j]| <= a_s |r_j| + e_s        where |r_j| > D,
       |d_i[o, j]| <= m_s |r_j| + e_0        where |r_j| <= D;
-    fac [P, O, b, 16] = per side (a+, e+, a-, e-, m+, m-, e_0, unused). Write d = sum_m phi_m(u_m) with
+    fac [P, b, O, 16] = per side (a+, e+, a-, e-, m+, m-, e_0, unused). Write d = sum_m phi_m(u_m) with
     phi_m(u) = c_m^+ max(u, 0) + c_m^- min(u, 0) and phi_m(r) = c_m^s r, so that
     d = A_s r + sum_{m < last} (phi_m(u_m) - phi_m(r)) with A_s = sum_m c_m^s (the last row's own
     difference vanishes). a_s = |A_s|: it sees the cancellation between clean and poisoned gradients.
@@ -136,14 +137,14 @@ def _layout_coefs(coefs, dev, out, fac, i0, i1):  # pragma: no cover
                         sp = sn = rp = rn = c = total = np.inf
                     slack = _SLACK * total
                     f = 8 * side
-                    fac[p, o, i, f] = abs(sp) + slack
-                    fac[p, o, i, f + 1] = (rp + slack) * d
-                    fac[p, o, i, f + 2] = abs(sn) + slack
-                    fac[p, o, i, f + 3] = (rn + slack) * d
-                    fac[p, o, i, f + 4] = abs(sp) + rp - c + slack
-                    fac[p, o, i, f + 5] = abs(sn) + rn - c + slack
-                    fac[p, o, i, f + 6] = (c + slack) * d
-                    fac[p, o, i, f + 7] = 0.0
+                    fac[p, i, o, f] = abs(sp) + slack
+                    fac[p, i, o, f + 1] = (rp + slack) * d
+                    fac[p, i, o, f + 2] = abs(sn) + slack
+                    fac[p, i, o, f + 3] = (rn + slack) * d
+                    fac[p, i, o, f + 4] = abs(sp) + rp - c + slack
+                    fac[p, i, o, f + 5] = abs(sn) + rn - c + slack
+                    fac[p, i, o, f + 6] = (c + slack) * d
+                    fac[p, i, o, f + 7] = 0.0
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
@@ -229,12 +230,17 @@ def _merge(src, dst, v):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(coef, rows, seeds, fac, dev, r_ext, kmax, block, out_hi, out_lo, first, last):  # pragma: no cover
+def _kernel(coef, rows, seeds, fac, dev, r_ext, col_on, row_ptr, row_cols, kmax, block, out_hi, out_lo,  # pragma: no cover
+            first, last):
     """Tasks first..last-1 of (p, block of outputs); coef [P, b, O, 2, M, 2], rows [Q, b, M, J].
 
     Seeding: each output's samples of largest bound (``seeds``) are evaluated for all inputs and
     merged into the top-k lists branch-free, which lifts the thresholds near their final values.
-    Then every other (sample, output) pair, in memory order, tests each side's bound
+    Then the (sample, input) pairs whose reference input lies within D of 0, on inputs where few
+    samples do (``col_on``; sample i's inputs row_cols[row_ptr[q b + i]:row_ptr[q b + i + 1]]), are
+    tested and evaluated first: their bound is the chord's, whose peak a sample's other inputs
+    (hence the seeds) say nothing about. The pass that follows leaves them out. Then every other
+    (sample, output) pair, in memory order, tests each side's bound
     (``_layout_coefs``; fac its factors, dev = D) against that side's thresholds for all inputs
     (vectorised, into byte flags read 8 at a time); only inputs whose bound exceeds a threshold are
     evaluated and inserted.
@@ -264,7 +270,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, kmax, block, out_hi, out_lo, fir
             n_merged = 0
             for s in range(seeds.shape[2]):
                 i = seeds[p, o0 + u, s]
-                f = fac[p, o0 + u, i]
+                f = fac[p, i, o0 + u]
                 if max(max(f[0], f[2]), f[6]) <= 0.0 and max(max(f[8], f[10]), f[14]) <= 0.0:
                     continue  # zero (or trusted: masked) samples are never evaluated
                 done[u, i] = True
@@ -280,6 +286,30 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, kmax, block, out_hi, out_lo, fir
                     best_lo[u, j, c] = seed_lo[last, c, j]
                 th_hi[u, j] = seed_hi[last, kmax - 1, j]
                 th_lo[u, j] = seed_lo[last, kmax - 1, j]
+        listed = col_on[q]
+        floor = np.empty((ob, 2), np.float32)  # the smallest threshold of each output's inputs, per side
+        for u in range(ob):
+            floor[u, 0], floor[u, 1] = th_hi[u].min(), th_lo[u].min()
+        for i in range(b_n):  # first the listed inputs within D of 0, in memory order
+            if row_ptr[q * b_n + i] == row_ptr[q * b_n + i + 1]:
+                continue
+            d = dev[q, i]
+            for u in range(ob):
+                f = fac[p, i, o0 + u]
+                if done[u, i] or (_tile_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6], d, 0.0, d, 1.0) <= floor[u, 0]
+                                  and _tile_bound(f[8], f[9], f[10], f[11], f[12], f[13], f[14], d, 0.0, d, 1.0)
+                                  <= floor[u, 1]):
+                    continue  # no input within D of 0 can reach a threshold
+                for c in range(row_ptr[q * b_n + i], row_ptr[q * b_n + i + 1]):
+                    j = row_cols[c]
+                    x = rows[q, i, m_n - 1, j]
+                    if (_side_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6], x, d) > th_hi[u, j]
+                            or _side_bound(f[8], f[9], f[10], f[11], f[12], f[13], f[14], x, d) > th_lo[u, j]):
+                        hi, lo = _value(coef, rows, p, q, i, o0 + u, j)
+                        if hi > th_hi[u, j]:
+                            th_hi[u, j] = _insert(best_hi[u, j], hi)
+                        if lo > th_lo[u, j]:
+                            th_lo[u, j] = _insert(best_lo[u, j], lo)
         n_tiles = r_ext.shape[2]
         th_min = np.zeros((ob, 2, n_tiles), np.float32)  # lower bounds of the thresholds per tile (they only grow)
         for i in range(b_n):
@@ -291,7 +321,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, kmax, block, out_hi, out_lo, fir
             r = rows[q, i, m_n - 1]
             d = dev[q, i]
             for u in range(ob):
-                f = fac[p, o0 + u, i]
+                f = fac[p, i, o0 + u]
                 hp, hep, hn, hen, hmp, hmn, he0 = f[0], f[1], f[2], f[3], f[4], f[5], f[6]
                 lp, lep, ln, len_, lmp, lmn, le0 = f[8], f[9], f[10], f[11], f[12], f[13], f[14]
                 if done[u, i] or (max(max(hp, hn), he0) <= 0.0 and max(max(lp, ln), le0) <= 0.0):
@@ -304,10 +334,11 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, kmax, block, out_hi, out_lo, fir
                     j0 = t * _TILE
                     j1 = min(j0 + _TILE, j_n)
                     if d > 0.0:  # vectorised: per side a multiply-add, a few selects, a compare
-                        for j in range(j0, j1):
+                        for j in range(j0, j1):  # listed (i, j) were seen above
                             x = r[j]
-                            flags[j - j0] = ((_side_bound(hp, hep, hn, hen, hmp, hmn, he0, x, d) > th_hi[u, j])
-                                             | (_side_bound(lp, lep, ln, len_, lmp, lmn, le0, x, d) > th_lo[u, j]))
+                            flags[j - j0] = ((~(listed[j] & (abs(x) <= d)))
+                                             & ((_side_bound(hp, hep, hn, hen, hmp, hmn, he0, x, d) > th_hi[u, j])
+                                                | (_side_bound(lp, lep, ln, len_, lmp, lmn, le0, x, d) > th_lo[u, j])))
                     else:  # no other row (labels poisoned only): the bound is a_s |x| on each side
                         for j in range(j0, j1):
                             x = r[j]
@@ -359,33 +390,62 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
         row_t = np.empty((q, b, m, j), np.float32)
         dev = np.empty((q, b), np.float32)
         r_ext = np.empty((q, b, -(-j // _TILE), 4), np.float32)
-        fac = np.empty((p, o, b, 16), np.float32)
+        fac = np.empty((p, b, o, 16), np.float32)
         run(_layout_rows, b, _sources(rows), row_t, dev, r_ext)
         run(_layout_coefs, b, _sources([c for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair]),
             dev, coef, fac)
         fac_t = torch.from_numpy(fac)
         if keep is not None:
-            fac_t.masked_fill_(~keep.cpu().view(1, 1, -1, 1), 0.0)
-        # [P, O, b]: the bound's largest value over a sample's inputs (``_tile_bound`` over the row)
+            fac_t.masked_fill_(~keep.cpu().view(1, -1, 1, 1), 0.0)
+        # [P, b, O]: the bound's largest value over a sample's inputs (``_tile_bound`` over the row)
         r_t = torch.from_numpy(r_ext)
-        top, out_any = r_t[..., 0].amax(-1).view(-1, 1, b), r_t[..., 1].amax(-1).view(-1, 1, b)
-        in_top, in_any = r_t[..., 2].amax(-1).view(-1, 1, b), r_t[..., 3].amax(-1).view(-1, 1, b)
+        top, out_any = r_t[..., 0].amax(-1).view(-1, b, 1), r_t[..., 1].amax(-1).view(-1, b, 1)
+        in_top, in_any = r_t[..., 2].amax(-1).view(-1, b, 1), r_t[..., 3].amax(-1).view(-1, b, 1)
         f = [fac_t[..., k] for k in range(16)]
         outer = [torch.maximum(f[s] * top + f[s + 1], f[s + 2] * top + f[s + 3]) * out_any for s in (0, 8)]
         inner = [(f[s + 6] + torch.maximum(f[s + 4], f[s + 5]).clamp(min=0) * in_top) * in_any for s in (0, 8)]
-        reach = torch.maximum(torch.maximum(*outer), torch.maximum(*inner))
+        reach = torch.maximum(torch.maximum(*outer), torch.maximum(*inner)).transpose(1, 2)  # [P, O, b]
         big = reach.amax()
         if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
             inf = torch.full((p, kmax, o * j), math.inf)
             return inf, -inf
         n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, _SEEDS * kmax)  # small layers: all, densely
+        col_on, row_ptr, row_cols = _inner_lists(row_t, dev, max(1, int(_LISTED * b)))
         seeds = reach.topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
         block = min(BLOCK, -(-o // -(-workers // p)))  # at least one task per worker where outputs allow
         out_hi = np.empty((p, kmax, o * j), np.float32)
         out_lo = np.empty((p, kmax, o * j), np.float32)
         with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
-            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, kmax, block, out_hi, out_lo)
+            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, col_on, row_ptr, row_cols, kmax,
+                block, out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
+
+
+@numba.njit(nogil=True, cache=True)
+def _inner_lists(rows, dev, cap):  # pragma: no cover
+    """The (sample, input) pairs whose reference input lies within D of 0, on the inputs where at
+    most ``cap`` samples do (on others the filtered pass keeps them). Returns col_on [Q, J] and per
+    sample its such inputs: row_ptr [Q b + 1], row_cols (ascending inputs). rows [Q, b, M, J]."""
+    q_n, b_n, m_n, j_n = rows.shape
+    counts = np.zeros((q_n, j_n), np.int64)
+    for q in range(q_n):
+        for i in range(b_n):
+            d = dev[q, i]
+            for j in range(j_n):
+                counts[q, j] += abs(rows[q, i, m_n - 1, j]) <= d
+    col_on = counts <= cap
+    row_ptr = np.zeros(q_n * b_n + 1, np.int64)
+    row_cols = np.empty(np.sum(np.where(col_on, counts, 0)), np.int32)
+    n = 0
+    for q in range(q_n):
+        for i in range(b_n):
+            d = dev[q, i]
+            for j in range(j_n):
+                if col_on[q, j] and abs(rows[q, i, m_n - 1, j]) <= d:
+                    row_cols[n] = j
+                    n += 1
+            row_ptr[q * b_n + i + 1] = n
+    return col_on, row_ptr, row_cols
 
 
 def _sources(ts: list[Tensor]) -> tuple[np.ndarray, ...]:

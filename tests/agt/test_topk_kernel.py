@@ -105,7 +105,7 @@ def _kernel_view(coef, rows, fac, dev, r_ext):
                     hi, lo = topk_kernel._value(coef, rows, p, q, i, o, j)
                     value[p, o, i, j, 0], value[p, o, i, j, 1] = hi, lo
                     for side in range(2):
-                        f = fac[p, o, i, 8 * side:8 * side + 7]
+                        f = fac[p, i, o, 8 * side:8 * side + 7]
                         bound[p, o, i, j, side] = topk_kernel._side_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6],
                                                                           rows[q, i, m_n - 1, j], d)
                         e = r_ext[q, i, j // topk_kernel._TILE]
@@ -136,7 +136,7 @@ def test_pruning_bound_holds_for_every_value(seed, m, shared, scale, spread, can
     row_t = np.empty((q, b, m, j), np.float32)
     dev = np.empty((q, b), np.float32)
     r_ext = np.empty((q, b, -(-j // topk_kernel._TILE), 4), np.float32)
-    fac = np.empty((p, o, b, 16), np.float32)
+    fac = np.empty((p, b, o, 16), np.float32)
     topk_kernel._layout_rows(topk_kernel._sources(rs), row_t, dev, r_ext, 0, b)
     topk_kernel._layout_coefs(topk_kernel._sources([c for cs in (hi, lo) for pair in cs for c in pair]), dev, coef,
                               fac, 0, b)
@@ -162,7 +162,7 @@ def test_tile_bound_covers_rows_across_zero():
     row_t = np.empty((1, 2, 3, 2), np.float32)
     dev = np.empty((1, 2), np.float32)
     r_ext = np.empty((1, 2, 1, 4), np.float32)
-    fac = np.empty((1, 1, 2, 16), np.float32)
+    fac = np.empty((1, 2, 1, 16), np.float32)
     topk_kernel._layout_rows(topk_kernel._sources(rs), row_t, dev, r_ext, 0, 2)
     topk_kernel._layout_coefs(topk_kernel._sources([c for cs in (hi, lo) for pair in cs for c in pair]), dev, coef_l,
                               fac, 0, 2)
@@ -171,6 +171,22 @@ def test_tile_bound_covers_rows_across_zero():
     assert np.all(np.abs(value) <= tile)
     with mock.patch.multiple(topk_kernel, _SEEDS=0, _DENSE_ELEMENTS=0):
         _assert_matches_exact(outer_topk, coefs, rows, None, 1)
+
+
+def test_inputs_near_zero_are_evaluated_before_the_pass_that_skips_them():
+    """Sample 1's only large value sits where its reference input is 0 (within D of it): the seed
+    (sample 0) leaves that input's threshold at 1 and the other's at 10; the value 5 must still be
+    found, by the listed pairs' pass before the filtered one (which leaves such pairs out)."""
+    b = 40
+    coefs = [torch.zeros(1, b, 1, 2, 2, dtype=torch.float64) for _ in range(2)]
+    rows = torch.ones(1, b, 2, 2, dtype=torch.float64)  # (u_0, r) x 2 inputs; the others: all zero values
+    coefs[0][0, 0, 0, 0, 0] = 1.0  # sample 0: values 10 and 1, the largest reach: the one seed
+    rows[0, 0] = torch.tensor([[10.0, 1.0], [10.0, 1.0]])
+    coefs[0][0, 1, 0, :, 0] = torch.tensor([5.0, -5.0])  # sample 1: 5 (3 - 3) = 0 at input 0, 5 * 1 at input 1
+    rows[0, 1] = torch.tensor([[3.0, 1.0], [3.0, 0.0]])
+    with mock.patch.multiple(topk_kernel, _SEEDS=1, _DENSE_ELEMENTS=0):
+        hi, _ = _topk(outer_topk, *coefs, rows, None, 1)
+    assert hi.flatten().tolist() == [10.0, 5.0]
 
 
 @pytest.fixture()
