@@ -9,9 +9,11 @@ this kernel keeps a sorted top-k per weight and never forms a value that cannot 
 per-sample bound |d_i[o, j]| <= slope |r_i[j]| + offset (r: one input row; slope and offset per
 sample, output, side and region of r_j, see ``_layout_coefs``) costs a multiply-add per weight and
 side and is tested against that side's threshold first, so only a few dozen of thousands of
-samples per weight are evaluated in full (where many samples tie near the k-th value, a few hundred). Thresholds are seeded by
-each output's samples of largest bound, evaluated densely; the rest stream in memory order,
-tested per tile of inputs and then per input. Small layers are evaluated densely throughout.
+samples per weight are evaluated in full (a few hundred where many samples tie near the k-th
+value). Thresholds are seeded by each output's samples of largest bound, evaluated densely, then
+by the (sample, input) pairs whose reference input lies within the rows' spread of 0 (where the
+bound peaks); the rest stream in memory order, tested per tile of inputs and then per input.
+Small layers are evaluated densely throughout.
 A skipped value is at most the threshold it was tested against, even as computed in float32, so
 the result equals the full evaluation; the caller covers the float32 rounding of the kept values
 a priori. Layers with short input rows run transposed (``_transposed``).
@@ -29,6 +31,7 @@ from torch import Tensor
 _FINITE_CAP = 1e36  # |d| stays far below float32 overflow, so no inf or NaN arises inside the kernel
 BLOCK = 8  # outputs per task
 _SEEDS = 16  # samples per output evaluated densely first, per unit of k
+_MIN_SEEDS = 320  # and at least this many (small k: the thresholds start higher, few inserts follow)
 _DENSE_ELEMENTS = 1 << 24  # up to this many per-sample values, all are evaluated densely (no filter)
 _TILE = 64  # inputs per tile of the coarse test (a multiple of 8)
 _LISTED = 1 / 16  # an input's samples within D of 0 are listed where at most this share of the batch is
@@ -409,7 +412,7 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
         if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
             inf = torch.full((p, kmax, o * j), math.inf)
             return inf, -inf
-        n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, _SEEDS * kmax)  # small layers: all, densely
+        n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, max(_SEEDS * kmax, _MIN_SEEDS))  # small layers: all
         col_on, row_ptr, row_cols = _inner_lists(row_t, dev, max(1, int(_LISTED * b)))
         seeds = reach.topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
         block = min(BLOCK, -(-o // -(-workers // p)))  # at least one task per worker where outputs allow

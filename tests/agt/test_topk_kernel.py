@@ -81,7 +81,7 @@ def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shap
         return
     # few seeds per k: most samples go through the filtered pass, not the dense seeding (small layers
     # are evaluated densely unless told otherwise)
-    with mock.patch.multiple(topk_kernel, _SEEDS=seeds, _DENSE_ELEMENTS=0 if seeds < 16 else 1 << 24):
+    with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=seeds, _DENSE_ELEMENTS=0 if seeds < 16 else 1 << 24):
         _assert_matches_exact(outer_topk, coefs, rows, keep, kk)
     # the torch fallback for accelerators without Triton computes the same values
     _assert_matches_exact(_streamed_topk, [c.float() for c in coefs], rows.float(), keep, kk)
@@ -169,7 +169,7 @@ def test_tile_bound_covers_rows_across_zero():
     value, _, tile = _kernel_view(coef_l, row_t, fac, dev, r_ext)
     assert value[0, 0, 0, 0, 0] == pytest.approx(1.4)
     assert np.all(np.abs(value) <= tile)
-    with mock.patch.multiple(topk_kernel, _SEEDS=0, _DENSE_ELEMENTS=0):
+    with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=0, _DENSE_ELEMENTS=0):
         _assert_matches_exact(outer_topk, coefs, rows, None, 1)
 
 
@@ -184,7 +184,7 @@ def test_inputs_near_zero_are_evaluated_before_the_pass_that_skips_them():
     rows[0, 0] = torch.tensor([[10.0, 1.0], [10.0, 1.0]])
     coefs[0][0, 1, 0, :, 0] = torch.tensor([5.0, -5.0])  # sample 1: 5 (3 - 3) = 0 at input 0, 5 * 1 at input 1
     rows[0, 1] = torch.tensor([[3.0, 1.0], [3.0, 0.0]])
-    with mock.patch.multiple(topk_kernel, _SEEDS=1, _DENSE_ELEMENTS=0):
+    with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=1, _DENSE_ELEMENTS=0):
         hi, _ = _topk(outer_topk, *coefs, rows, None, 1)
     assert hi.flatten().tolist() == [10.0, 5.0]
 
