@@ -42,10 +42,10 @@ def _layout_rows(rows, out, dev, r_ext, i0, i1):  # pragma: no cover
     """Samples i0..i1-1 of the input rows in the kernel's layout, with the pruning bound's row factors.
 
     rows: M arrays u_m [Q|1, b, J] (any float dtype); out [Q, b, M, J] float32 (a sample's rows
-    together). dev [Q, b] float32 >= D_i = max_{m, j} |u_m[i, j] - r[i, j]| over the float32 rows the
-    kernel reads (r = the last row; NaN -> inf: the caller gives up); r_ext [Q, b, tiles, 4] = per tile of inputs t_0 = max |r_i[j]|, whether some |r_i[j]| > D, min(t_0, D)
-    and whether some |r_i[j]| <= D (0 or 1)
-    over each tile of ``_TILE`` inputs. See ``_layout_coefs`` for the bound.
+    together). dev [Q, b] float32 >= D_i = max_{m, j} |u_m[i, j] - r[i, j]| over the float32 rows
+    the kernel reads (r = the last row; NaN -> inf: the caller gives up). r_ext [Q, b, tiles, 4]:
+    per tile of ``_TILE`` inputs, t = max |r_i[j]|, whether some |r_i[j]| > D (1 or 0), min(t, D)
+    and whether some |r_i[j]| <= D. See ``_layout_coefs`` for the bound.
     """
     m_n = len(rows)
     q_n, _, _, j_n = out.shape
@@ -233,8 +233,8 @@ def _merge(src, dst, v):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(coef, rows, seeds, fac, dev, r_ext, col_on, row_ptr, row_cols, kmax, block, out_hi, out_lo,  # pragma: no cover
-            first, last):
+def _kernel(coef, rows, seeds, fac, dev, r_ext, col_on, row_ptr, row_cols,  # pragma: no cover
+            kmax, block, out_hi, out_lo, first, last):
     """Tasks first..last-1 of (p, block of outputs); coef [P, b, O, 2, M, 2], rows [Q, b, M, J].
 
     Seeding: each output's samples of largest bound (``seeds``) are evaluated for all inputs and
@@ -419,8 +419,8 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
         out_hi = np.empty((p, kmax, o * j), np.float32)
         out_lo = np.empty((p, kmax, o * j), np.float32)
         with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
-            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, col_on, row_ptr, row_cols, kmax,
-                block, out_hi, out_lo)
+            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, col_on, row_ptr, row_cols,
+                kmax, block, out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
 
 
