@@ -7,8 +7,9 @@ SEMax_{b-n}{U} + n kappa = sum U + SEMax_n{kappa - U}). Any per-sample bounds U_
 as the sum and the differences use the same ones (in exact arithmetic; rounding is covered).
 Without clipping the sums are matmuls over (batch x positions): Rump's form, or for linear layers
 the sign-split products, whose per-sample differences (float32) go through a fused top-k kernel
-(topk_kernel.py on the CPU, topk_triton.py on CUDA), each budget point with its own k. Other layers stream the batch in chunks with
-a running torch.topk (memory ~(k + chunk) x |theta| per budget point). Differences are clamped at
+(topk_kernel.py on the CPU, topk_triton.py on CUDA), each budget point with its own k. Other
+layers stream the batch in chunks with a running torch.topk (memory ~(k + chunk) x |theta| per
+budget point). Differences are clamped at
 0, since the adversary may leave a point alone. Floating-point error of everything computed
 outside interval.py is bounded a priori: gamma * sum_i |G_i| |X_i|^T (one more matmul) for
 streamed layers; for linear layers batch maxima suffice (see ``_linear_error``).

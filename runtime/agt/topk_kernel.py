@@ -375,11 +375,9 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
     min(u_m, 0), each [P, b, O]; keep [b] marks the rows the adversary may touch (None: all).
     Returns two [P, kmax, O * J] float32 tensors (unsorted), in the layout of ``RunningTopK.values``.
     """
-    (_, b, o), m, j = coef_hi[0][0].shape, len(rows), rows[0].shape[2]
+    (_, b, o), j = coef_hi[0][0].shape, rows[0].shape[2]
     if o > 4 * j:  # short input rows (e.g. a 2-feature input layer): stream the long axis
         return _transposed(coef_hi, coef_lo, rows, keep, kmax)
-    p = max(c.shape[0] for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair)
-    q = max(u.shape[0] for u in rows)
     workers = torch.get_num_threads()
     with ThreadPoolExecutor(workers) as pool:
         # plain threads (the kernels release the GIL) rather than numba's parallel layer, whose
@@ -389,14 +387,8 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
             cuts = [n_tasks * w // n for w in range(n + 1)]
             list(pool.map(lambda w: fn(*args, cuts[w], cuts[w + 1]), range(n)))
 
-        coef = np.empty((p, b, o, 2, m, 2), np.float32)
-        row_t = np.empty((q, b, m, j), np.float32)
-        dev = np.empty((q, b), np.float32)
-        r_ext = np.empty((q, b, -(-j // _TILE), 4), np.float32)
-        fac = np.empty((p, b, o, 16), np.float32)
-        run(_layout_rows, b, _sources(rows), row_t, dev, r_ext)
-        run(_layout_coefs, b, _sources([c for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair]),
-            dev, coef, fac)
+        coef, row_t, dev, r_ext, fac = _layouts(coef_hi, coef_lo, rows, run)
+        p = fac.shape[0]
         fac_t = torch.from_numpy(fac)
         if keep is not None:
             fac_t.masked_fill_(~keep.cpu().view(1, -1, 1, 1), 0.0)
@@ -422,6 +414,27 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
             run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, col_on, row_ptr, row_cols,
                 kmax, block, out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
+
+
+def _layouts(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],
+             run=None) -> tuple[np.ndarray, ...]:
+    """The kernel's inputs (``outer_topk``'s arguments): coefficients [P, b, O, 2, M, 2] and rows
+    [Q, b, M, J] in its layout, D per sample [Q, b], per-tile row extents [Q, b, tiles, 4] and bound
+    factors [P, b, O, 16]. ``run(fn, n, *args)`` calls fn(*args, first, last) over samples 0..n-1
+    (default: in one call)."""
+    (_, b, o), m, j = coef_hi[0][0].shape, len(rows), rows[0].shape[2]
+    p = max(c.shape[0] for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair)
+    q = max(u.shape[0] for u in rows)
+    run = run or (lambda fn, n, *args: fn(*args, 0, n))
+    coef = np.empty((p, b, o, 2, m, 2), np.float32)
+    row_t = np.empty((q, b, m, j), np.float32)
+    dev = np.empty((q, b), np.float32)
+    r_ext = np.empty((q, b, -(-j // _TILE), 4), np.float32)
+    fac = np.empty((p, b, o, 16), np.float32)
+    run(_layout_rows, b, _sources(rows), row_t, dev, r_ext)
+    run(_layout_coefs, b, _sources([c for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair]),
+        dev, coef, fac)
+    return coef, row_t, dev, r_ext, fac
 
 
 @numba.njit(nogil=True, cache=True)

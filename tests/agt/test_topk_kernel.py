@@ -132,14 +132,7 @@ def test_pruning_bound_holds_for_every_value(seed, m, shared, scale, spread, can
     r = scale * torch.randn(q, b, 1, j, generator=g, dtype=torch.float64)
     rows = torch.cat([r + spread * (2 * torch.rand(q, b, m - 1, j, generator=g, dtype=torch.float64) - 1), r], 2)
     (hi, rs), (lo, _) = _split(coefs[0], rows), _split(coefs[1], rows)
-    coef = np.empty((p, b, o, 2, m, 2), np.float32)
-    row_t = np.empty((q, b, m, j), np.float32)
-    dev = np.empty((q, b), np.float32)
-    r_ext = np.empty((q, b, -(-j // topk_kernel._TILE), 4), np.float32)
-    fac = np.empty((p, b, o, 16), np.float32)
-    topk_kernel._layout_rows(topk_kernel._sources(rs), row_t, dev, r_ext, 0, b)
-    topk_kernel._layout_coefs(topk_kernel._sources([c for cs in (hi, lo) for pair in cs for c in pair]), dev, coef,
-                              fac, 0, b)
+    coef, row_t, dev, r_ext, fac = topk_kernel._layouts(hi, lo, rs)
     assert np.all(dev >= np.abs(row_t - row_t[:, :, -1:]).max((2, 3)))
     value, bound, tile = _kernel_view(coef, row_t, fac, dev, r_ext)
     signed = np.stack((np.maximum(row_t, 0), np.minimum(row_t, 0)), 3).astype(np.float64)  # [Q, b, M, 2, J]
@@ -158,14 +151,7 @@ def test_tile_bound_covers_rows_across_zero():
     coefs[1][:, 1] = 0.0  # the second sample: a zero lower side
     rows = torch.stack((rows, torch.zeros_like(rows)), 0).unsqueeze(0)  # [1, b = 2, M, J]
     (hi, rs), (lo, _) = _split(coefs[0], rows), _split(coefs[1], rows)
-    coef_l = np.empty((1, 2, 1, 2, 3, 2), np.float32)
-    row_t = np.empty((1, 2, 3, 2), np.float32)
-    dev = np.empty((1, 2), np.float32)
-    r_ext = np.empty((1, 2, 1, 4), np.float32)
-    fac = np.empty((1, 2, 1, 16), np.float32)
-    topk_kernel._layout_rows(topk_kernel._sources(rs), row_t, dev, r_ext, 0, 2)
-    topk_kernel._layout_coefs(topk_kernel._sources([c for cs in (hi, lo) for pair in cs for c in pair]), dev, coef_l,
-                              fac, 0, 2)
+    coef_l, row_t, dev, r_ext, fac = topk_kernel._layouts(hi, lo, rs)
     value, _, tile = _kernel_view(coef_l, row_t, fac, dev, r_ext)
     assert value[0, 0, 0, 0, 0] == pytest.approx(1.4)
     assert np.all(np.abs(value) <= tile)
