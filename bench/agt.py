@@ -8,11 +8,16 @@ so the peak resident memory (ru_maxrss) is that case's own.
 
 An AGT step's cost changes along training (the pruning of the top-k depends on the bounds), so the
 table gives the mean and the slowest of the timed steps, never a median that could hide slow ones.
+The warm-up steps are timed apart ('warm-up [s]', their total): the first step (kernels compiled,
+caches filled) and, on CUDA, the second, which captures the step as a CUDA graph that later steps
+replay.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
+import queue as queue_mod
 import resource
 import time
 
@@ -39,7 +44,7 @@ def _data(spec, seed=0):
     return graph, x, y
 
 
-def _plain_step_seconds(graph, x, y, batch, device, reps=30, warmup=10):
+def _plain_step_seconds(graph, x, y, batch, device, reps=100, warmup=50):
     from pcert.compiler.torch_model import to_torch
     model = to_torch(graph).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -60,12 +65,13 @@ def _plain_step_seconds(graph, x, y, batch, device, reps=30, warmup=10):
 def _agt_step_seconds(graph, x, y, spec, points, method, device, steps):
     from pcert.runtime.agt import BudgetPoint, TrainConfig, train_with_bounds
     b = spec["batch"]
-    cfg = TrainConfig(epochs=steps + 1, batch=b, lr=0.1)  # one batch per epoch; the first step warms up
-    stamps = []
+    warm = 1 if device == "cpu" else 2  # see the module docstring
+    cfg = TrainConfig(epochs=steps + warm, batch=b, lr=0.1)  # one batch per epoch
+    stamps = [time.perf_counter()]
     train_with_bounds(graph, x[:b], y[:b], cfg, [BudgetPoint(**p) for p in points], method=method, device=device,
                       progress=lambda t, total: stamps.append(time.perf_counter()))
-    steps_s = np.diff(stamps)
-    return float(np.mean(steps_s)), float(np.max(steps_s))
+    steps_s = np.diff(stamps[warm:])
+    return float(np.mean(steps_s)), float(np.max(steps_s)), stamps[warm] - stamps[0]
 
 
 def _run_case(name, method, device, steps, queue):
@@ -79,9 +85,11 @@ def _run_case(name, method, device, steps, queue):
     out = {"case": name, "method": method}
     if method == "plain":
         out["step_s"] = out["max_s"] = _plain_step_seconds(graph, x, y, spec["batch"], device)
+        out["warm_s"] = math.nan
     else:
         points = spec["points"] if name != "sweep" or method.endswith("x5") else spec["points"][2:3]
-        out["step_s"], out["max_s"] = _agt_step_seconds(graph, x, y, spec, points, method.split(" ")[0], device, steps)
+        out["step_s"], out["max_s"], out["warm_s"] = _agt_step_seconds(graph, x, y, spec, points,
+                                                                       method.split(" ")[0], device, steps)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else 0.0
     queue.put(out)
@@ -92,7 +100,13 @@ def _in_process(name, method, device, steps):
     queue = ctx.Queue()
     proc = ctx.Process(target=_run_case, args=(name, method, device, steps, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a case whose process died (an exception, out of memory) ends the bench, not hangs it
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"bench: case {name} ({method}) failed, exit code {proc.exitcode}")
     proc.join()
     return result
 
@@ -105,8 +119,8 @@ def main() -> None:
     ap.add_argument("--crown", action="store_true", help="also time method crown+ibp")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    print(f"{'case':8s} {'method':16s} {'step [s]':>10s} {'x plain':>8s} {'max [s]':>9s} {'peak RSS MiB':>13s} "
-          f"{'peak CUDA MiB':>14s}")
+    print(f"{'case':8s} {'method':16s} {'step [s]':>10s} {'x plain':>8s} {'max [s]':>9s} {'warm-up [s]':>12s} "
+          f"{'peak RSS MiB':>13s} {'peak CUDA MiB':>14s}")
     for name in args.cases.split(","):
         methods = ["plain", "ibp"] + (["crown+ibp"] if args.crown else [])
         if name == "sweep":
@@ -114,8 +128,9 @@ def main() -> None:
         rows = [_in_process(name, m, args.device, args.steps) for m in methods]
         plain = rows[0]["step_s"]
         for r in rows:
+            warm = "" if math.isnan(r["warm_s"]) else f"{r['warm_s']:.2f}"
             print(f"{name:8s} {r['method']:16s} {r['step_s']:10.4f} {r['step_s'] / plain:8.1f} {r['max_s']:9.4f} "
-                  f"{r['peak_rss_mib']:13.0f} {r['peak_cuda_mib']:14.0f}")
+                  f"{warm:>12s} {r['peak_rss_mib']:13.0f} {r['peak_cuda_mib']:14.0f}")
         if name == "sweep":
             print(f"{'':8s} 5-point sweep / one budget = {rows[2]['step_s'] / rows[1]['step_s']:.2f}")
 

@@ -27,18 +27,20 @@ from .topk_kernel import _FINITE_CAP  # the same give-up threshold as on the CPU
 _MIN_SAMPLES_PER_PROGRAM = 64  # fewer make the merge cost more than the kernel saves
 _SPLIT_STEP = 32  # samples per program are a multiple of this
 _MERGE_BLOCK = 512  # weights per merging program
-_TILE = 1024  # weights per program (an H100 sweep of 256-2048 tiles, 2-8 warps: within 6 %)
-_WARPS = 4  # 8 weights per thread, each with its two k-lists in registers
+_TILE = 256  # weights per program: one warp, 8 weights per thread, each with its two k-lists in registers
+_WARPS = 1
+_STAGES = 3  # the next samples' rows and coefficients are loaded while the current one is inserted
+_PROGRAMS_PER_SM = 16  # enough single-warp programs to hide the loads' latency
 
 _SOURCE = '''
 @triton.jit
-def topk_kernel(coef, rows, out_hi, out_lo, B, O, J, n_j, q_step, PER_SPLIT: tl.constexpr, M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr):
+def topk_kernel(coef, rows, out_hi, out_lo, B, O, J, n_j, q_step, PER_SPLIT: tl.constexpr, M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr, STAGES: tl.constexpr):
     tile, split, p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o = (tile // n_j) * BLOCK_O + tl.arange(0, BLOCK_O)
     j = (tile % n_j) * BLOCK_J + tl.arange(0, BLOCK_J)
     o_in, j_in = o < O, j < J
 {init}
-    for s in range(PER_SPLIT):
+    for s in tl.range(0, PER_SPLIT, num_stages=STAGES):
         i = split * PER_SPLIT + s
         o_i = o < tl.where(i < B, O, 0)  # past the batch: v = 0, the lists' floor
         j_i = j < tl.where(i < B, J, 0)
@@ -130,14 +132,15 @@ def outer_topk_triton(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[
     n_j = -(-j // block_j)
     tiles = -(-o // block_o) * n_j
     sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1
-    splits = max(1, min(-(-4 * sms // (tiles * p)), b // _MIN_SAMPLES_PER_PROGRAM))
+    splits = max(1, min(-(-_PROGRAMS_PER_SM * sms // (tiles * p)), b // _MIN_SAMPLES_PER_PROGRAM))
     per_split = -(-b // (splits * _SPLIT_STEP)) * _SPLIT_STEP  # a compile-time constant: few distinct values
     splits = -(-b // per_split)
     out_hi = torch.empty(p, splits, kmax, o * j, dtype=torch.float32, device=dev)
     out_lo = torch.empty_like(out_hi)
     kernel, merge = _kernel(kmax)
     kernel[(tiles, splits, p)](coef, rows_t, out_hi, out_lo, b, o, j, n_j, b if rows_t.shape[0] > 1 else 0,
-                               PER_SPLIT=per_split, M=m, BLOCK_O=block_o, BLOCK_J=block_j, num_warps=_WARPS)
+                               PER_SPLIT=per_split, M=m, BLOCK_O=block_o, BLOCK_J=block_j, STAGES=_STAGES,
+                               num_warps=_WARPS)
     top_hi, top_lo = out_hi[:, 0], out_lo[:, 0]
     if splits > 1:
         top_hi, top_lo = torch.empty_like(top_hi), torch.empty_like(top_lo)
