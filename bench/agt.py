@@ -114,7 +114,7 @@ def _in_process(name, method, device, steps):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="moons,mnist,conv,sweep")
-    ap.add_argument("--steps", type=int, default=5, help="timed AGT steps per case (after one warm-up)")
+    ap.add_argument("--steps", type=int, default=5, help="timed AGT steps per case (after the warm-up steps)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--crown", action="store_true", help="also time method crown+ibp")
     args = ap.parse_args()

@@ -282,13 +282,13 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, col_on, row_ptr, row_cols,  # pr
                 _merge(seed_hi[src], seed_hi[1 - src], v_hi)
                 _merge(seed_lo[src], seed_lo[1 - src], v_lo)
                 n_merged += 1
-            last = n_merged % 2
+            cur = n_merged % 2  # the buffer the last merge wrote
             for j in range(j_n):
                 for c in range(kmax):
-                    best_hi[u, j, c] = seed_hi[last, c, j]
-                    best_lo[u, j, c] = seed_lo[last, c, j]
-                th_hi[u, j] = seed_hi[last, kmax - 1, j]
-                th_lo[u, j] = seed_lo[last, kmax - 1, j]
+                    best_hi[u, j, c] = seed_hi[cur, c, j]
+                    best_lo[u, j, c] = seed_lo[cur, c, j]
+                th_hi[u, j] = seed_hi[cur, kmax - 1, j]
+                th_lo[u, j] = seed_lo[cur, kmax - 1, j]
         listed = col_on[q]
         floor = np.empty((ob, 2), np.float32)  # the smallest threshold of each output's inputs, per side
         for u in range(ob):
