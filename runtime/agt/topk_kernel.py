@@ -9,10 +9,13 @@ this kernel keeps a sorted top-k per weight and never forms a value that cannot 
 per-sample bound |d_i[o, j]| <= slope |r_i[j]| + offset (r: one input row; slope and offset per
 sample, output, side and region of r_j, see ``_layout_coefs``) costs a multiply-add per weight and
 side and is tested against that side's threshold first, so only a few dozen of thousands of
-samples per weight are evaluated in full (a few hundred where many samples tie near the k-th
-value). Thresholds are seeded by each output's samples of largest bound, evaluated densely, then
-by the (sample, input) pairs whose reference input lies within the rows' spread of 0 (where the
-bound peaks); the rest stream in memory order, tested per tile of inputs and then per input.
+samples per weight are evaluated in full. Thresholds are seeded by each output's samples of
+largest bound, evaluated densely, then by the (sample, input) pairs whose reference input lies
+within the rows' spread of 0 (where the bound peaks). The rest stream in memory order, each
+(sample, output) testing only its inputs of largest |r_j| (the bound grows with |r_j|), down to
+where the bound falls below every threshold of the output; where that leaves many inputs (some
+thresholds lie far below the others, or many samples tie near the k-th value), the whole row is
+evaluated, vectorised, per tile of inputs whose bound reaches the tile's thresholds.
 Small layers are evaluated densely throughout.
 A skipped value is at most the threshold it was tested against, even as computed in float32, so
 the result equals the full evaluation; the caller covers the float32 rounding of the kept values
@@ -33,7 +36,9 @@ BLOCK = 8  # outputs per task
 _SEEDS = 16  # samples per output evaluated densely first, per unit of k
 _MIN_SEEDS = 320  # and at least this many (small k: the thresholds start higher, few inserts follow)
 _DENSE_ELEMENTS = 1 << 24  # up to this many per-sample values, all are evaluated densely (no filter)
-_TILE = 64  # inputs per tile of the coarse test (a multiple of 8)
+_TILE = 64  # inputs per tile of the whole-row test (a multiple of 8)
+_BUCKETS = 32  # per sample, its inputs far from 0 in this many buckets of decreasing |r_j| (see _orders)
+_GATHER_COST = 8  # testing one input of a sample's order costs about this many inputs of a whole-row test
 _LISTED = 1 / 16  # an input's samples within D of 0 are listed where at most this share of the batch is
 
 
@@ -169,24 +174,26 @@ def _tile_bound(ap, ep, an, en, mp, mn, e0, top, outer, inner_top, inner):  # pr
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _values(coef, rows, p, q, i, o, v_hi, v_lo):  # pragma: no cover
-    """d_i[o, :] for both sides into v_hi, v_lo (v_lo negated: both are kept as largest values)."""
-    m_n, j_n = rows.shape[2], rows.shape[3]
-    for m in range(m_n):
+def _values(coef, rows, p, q, i, o, v_hi, v_lo, j0, j1):  # pragma: no cover
+    """d_i[o, j0:j1] for both sides into v_hi, v_lo (v_lo negated: both are kept as largest values).
+
+    Loops over slices from 0 (with the offset in the loop bound, numba's code runs 15x slower)."""
+    for m in range(rows.shape[2]):
         hp, hn = coef[p, i, o, 0, m, 0], coef[p, i, o, 0, m, 1]
         lp, ln = coef[p, i, o, 1, m, 0], coef[p, i, o, 1, m, 1]
+        r, vh, vl = rows[q, i, m, j0:j1], v_hi[j0:j1], v_lo[j0:j1]
         if m == 0:  # the first row writes, the others accumulate (one of max(x, 0),
-            for j in range(j_n):  # min(x, 0) is zero: select the coefficient by x's sign)
-                x = rows[q, i, 0, j]
+            for j in range(j1 - j0):  # min(x, 0) is zero: select the coefficient by x's sign)
+                x = r[j]
                 up = x > 0.0
-                v_hi[j] = (hp if up else hn) * x
-                v_lo[j] = -((lp if up else ln) * x)
+                vh[j] = (hp if up else hn) * x
+                vl[j] = -((lp if up else ln) * x)
         elif hp != 0.0 or hn != 0.0 or lp != 0.0 or ln != 0.0:
-            for j in range(j_n):
-                x = rows[q, i, m, j]
+            for j in range(j1 - j0):
+                x = r[j]
                 up = x > 0.0
-                v_hi[j] += (hp if up else hn) * x
-                v_lo[j] -= (lp if up else ln) * x
+                vh[j] += (hp if up else hn) * x
+                vl[j] -= (lp if up else ln) * x
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
@@ -215,6 +222,16 @@ def _insert(best: np.ndarray, v: float) -> float:
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _offer(coef, rows, p, q, i, o, j, best_hi, best_lo, th_hi, th_lo):  # pragma: no cover
+    """Evaluate d_i[o, j] and insert each side where it beats that side's threshold (th_*[j], updated)."""
+    hi, lo = _value(coef, rows, p, q, i, o, j)
+    if hi > th_hi[j]:
+        th_hi[j] = _insert(best_hi, hi)
+    if lo > th_lo[j]:
+        th_lo[j] = _insert(best_lo, lo)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
 def _merge(src, dst, v):  # pragma: no cover
     """dst = src [kmax, J] (descending per column) with v [J] inserted, branch-free and vectorised.
 
@@ -233,8 +250,8 @@ def _merge(src, dst, v):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(coef, rows, seeds, fac, dev, r_ext, col_on, row_ptr, row_cols,  # pragma: no cover
-            kmax, block, out_hi, out_lo, first, last):
+def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, col_on, row_ptr, row_cols,  # pragma: no cover
+            kmax, walk_max, block, out_hi, out_lo, first, last):
     """Tasks first..last-1 of (p, block of outputs); coef [P, b, O, 2, M, 2], rows [Q, b, M, J].
 
     Seeding: each output's samples of largest bound (``seeds``) are evaluated for all inputs and
@@ -243,10 +260,14 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, col_on, row_ptr, row_cols,  # pr
     samples do (``col_on``; sample i's inputs row_cols[row_ptr[q b + i]:row_ptr[q b + i + 1]]), are
     tested and evaluated first: their bound is the chord's, whose peak a sample's other inputs
     (hence the seeds) say nothing about. The pass that follows leaves them out. Then every other
-    (sample, output) pair, in memory order, tests each side's bound
-    (``_layout_coefs``; fac its factors, dev = D) against that side's thresholds for all inputs
-    (vectorised, into byte flags read 8 at a time); only inputs whose bound exceeds a threshold are
-    evaluated and inserted.
+    (sample, output) pair, in memory order: its inputs with |r_j| > D come in buckets of
+    decreasing |r_j| (``_orders``: order, starts, tops), and those in the buckets whose top bound
+    (``_layout_coefs``; fac its factors, dev = D) reaches a floor below all of the output's
+    thresholds, plus the sample's unlisted inputs within D of 0 if their chord bound does, are
+    tested one by one against their own thresholds, and evaluated and inserted where the bound
+    exceeds one. Where that would be more than ``walk_max`` inputs, every tile of the row whose
+    bound reaches the tile's thresholds is evaluated instead (vectorised, into byte flags read 8
+    at a time).
     """
     b_n, o_n = coef.shape[1], coef.shape[2]
     q_n, _, m_n, j_n = rows.shape
@@ -277,7 +298,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, col_on, row_ptr, row_cols,  # pr
                 if max(max(f[0], f[2]), f[6]) <= 0.0 and max(max(f[8], f[10]), f[14]) <= 0.0:
                     continue  # zero (or trusted: masked) samples are never evaluated
                 done[u, i] = True
-                _values(coef, rows, p, q, i, o0 + u, v_hi, v_lo)
+                _values(coef, rows, p, q, i, o0 + u, v_hi, v_lo, 0, j_n)
                 src = n_merged % 2
                 _merge(seed_hi[src], seed_hi[1 - src], v_hi)
                 _merge(seed_lo[src], seed_lo[1 - src], v_lo)
@@ -308,58 +329,66 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, col_on, row_ptr, row_cols,  # pr
                     x = rows[q, i, m_n - 1, j]
                     if (_side_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6], x, d) > th_hi[u, j]
                             or _side_bound(f[8], f[9], f[10], f[11], f[12], f[13], f[14], x, d) > th_lo[u, j]):
-                        hi, lo = _value(coef, rows, p, q, i, o0 + u, j)
-                        if hi > th_hi[u, j]:
-                            th_hi[u, j] = _insert(best_hi[u, j], hi)
-                        if lo > th_lo[u, j]:
-                            th_lo[u, j] = _insert(best_lo[u, j], lo)
-        n_tiles = r_ext.shape[2]
-        th_min = np.zeros((ob, 2, n_tiles), np.float32)  # lower bounds of the thresholds per tile (they only grow)
-        for i in range(b_n):
-            if i % 64 == 0:
+                        _offer(coef, rows, p, q, i, o0 + u, j, best_hi[u, j], best_lo[u, j], th_hi[u], th_lo[u])
+        n_tiles, n_buckets = r_ext.shape[2], tops.shape[2]
+        th_min = np.zeros((ob, 2, n_tiles), np.float32)  # per tile, below its thresholds
+        for i in range(b_n):  # then every other (sample, output) pair, in memory order
+            if i % 64 == 0:  # the thresholds only grow: their minima stay below them
                 for u in range(ob):
+                    floor[u, 0], floor[u, 1] = th_hi[u].min(), th_lo[u].min()
                     for t in range(n_tiles):
                         th_min[u, 0, t] = th_hi[u, t * _TILE:min(t * _TILE + _TILE, j_n)].min()
                         th_min[u, 1, t] = th_lo[u, t * _TILE:min(t * _TILE + _TILE, j_n)].min()
             r = rows[q, i, m_n - 1]
             d = dev[q, i]
+            ords = order[q, i]
+            n_out, n_in = starts[q, i, -1], n_inner[q, i]
             for u in range(ob):
                 f = fac[p, i, o0 + u]
                 hp, hep, hn, hen, hmp, hmn, he0 = f[0], f[1], f[2], f[3], f[4], f[5], f[6]
                 lp, lep, ln, len_, lmp, lmn, le0 = f[8], f[9], f[10], f[11], f[12], f[13], f[14]
                 if done[u, i] or (max(max(hp, hn), he0) <= 0.0 and max(max(lp, ln), le0) <= 0.0):
                     continue
-                for t in range(n_tiles):
-                    x0, x1, x2, x3 = r_ext[q, i, t, 0], r_ext[q, i, t, 1], r_ext[q, i, t, 2], r_ext[q, i, t, 3]
-                    if (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, x0, x1, x2, x3) <= th_min[u, 0, t]
-                            and _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, x0, x1, x2, x3) <= th_min[u, 1, t]):
-                        continue  # the whole tile is below its thresholds
-                    j0 = t * _TILE
-                    j1 = min(j0 + _TILE, j_n)
-                    if d > 0.0:  # vectorised: per side a multiply-add, a few selects, a compare
-                        for j in range(j0, j1):  # listed (i, j) were seen above
-                            x = r[j]
-                            flags[j - j0] = ((~(listed[j] & (abs(x) <= d)))
-                                             & ((_side_bound(hp, hep, hn, hen, hmp, hmn, he0, x, d) > th_hi[u, j])
-                                                | (_side_bound(lp, lep, ln, len_, lmp, lmn, le0, x, d) > th_lo[u, j])))
-                    else:  # no other row (labels poisoned only): the bound is a_s |x| on each side
-                        for j in range(j0, j1):
-                            x = r[j]
-                            ax = abs(x)
-                            pos = x >= 0.0
-                            flags[j - j0] = (((hp if pos else hn) * ax > th_hi[u, j])
-                                             | ((lp if pos else ln) * ax > th_lo[u, j]))
-                    for w in range((j1 - j0 + 7) // 8):  # 8 flags per word; most words are zero
-                        if words[w] == 0:
-                            continue
-                        for j in range(j0 + 8 * w, min(j0 + 8 * w + 8, j1)):
-                            if not flags[j - j0]:
+                # outer inputs (|r_j| > D) by buckets of decreasing |r_j|: both sides' bounds fall with
+                # |r_j|, so the inputs from the first bucket whose top lies below both floors on are skipped
+                ah, eh, al, el = max(hp, hn), max(hep, hen), max(lp, ln), max(lep, len_)
+                fh, fl = floor[u, 0], floor[u, 1]
+                cut = 0
+                while cut < n_buckets and (ah * tops[q, i, cut] + eh > fh or al * tops[q, i, cut] + el > fl):
+                    cut += 1
+                hi_c = starts[q, i, cut]
+                inner = n_in > 0 and (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, d, 0.0, d, 1.0) > fh
+                                      or _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, d, 0.0, d, 1.0) > fl)
+                n_tail = n_in if inner else 0
+                if hi_c + n_tail > walk_max:  # many inputs to test: the whole row, by tiles
+                    for t in range(n_tiles):
+                        x0, x1, x2, x3 = r_ext[q, i, t, 0], r_ext[q, i, t, 1], r_ext[q, i, t, 2], r_ext[q, i, t, 3]
+                        if (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, x0, x1, x2, x3) <= th_min[u, 0, t]
+                                and _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, x0, x1, x2, x3) <= th_min[u, 1, t]):
+                            continue  # the whole tile is below its thresholds
+                        j0 = t * _TILE
+                        j1 = min(j0 + _TILE, j_n)
+                        _values(coef, rows, p, q, i, o0 + u, v_hi, v_lo, j0, j1)  # vectorised, exact: the
+                        for j in range(j0, j1):  # values themselves are the test (near-ties defeat any bound)
+                            flags[j - j0] = ((~(listed[j] & (abs(r[j]) <= d)))  # (listed pairs were seen above)
+                                             & ((v_hi[j] > th_hi[u, j]) | (v_lo[j] > th_lo[u, j])))
+                        for w in range((j1 - j0 + 7) // 8):  # 8 flags per word; most words are zero
+                            if words[w] == 0:
                                 continue
-                            hi, lo = _value(coef, rows, p, q, i, o0 + u, j)
-                            if hi > th_hi[u, j]:
-                                th_hi[u, j] = _insert(best_hi[u, j], hi)
-                            if lo > th_lo[u, j]:
-                                th_lo[u, j] = _insert(best_lo[u, j], lo)
+                            for j in range(j0 + 8 * w, min(j0 + 8 * w + 8, j1)):
+                                if not flags[j - j0]:
+                                    continue
+                                if v_hi[j] > th_hi[u, j]:
+                                    th_hi[u, j] = _insert(best_hi[u, j], v_hi[j])
+                                if v_lo[j] > th_lo[u, j]:
+                                    th_lo[u, j] = _insert(best_lo[u, j], v_lo[j])
+                    continue
+                for c in range(hi_c + n_tail):
+                    j = ords[c if c < hi_c else c - hi_c + n_out]
+                    x = r[j]
+                    if (_side_bound(hp, hep, hn, hen, hmp, hmn, he0, x, d) > th_hi[u, j]
+                            or _side_bound(lp, lep, ln, len_, lmp, lmn, le0, x, d) > th_lo[u, j]):
+                        _offer(coef, rows, p, q, i, o0 + u, j, best_hi[u, j], best_lo[u, j], th_hi[u], th_lo[u])
         for u in range(ob):
             for kk in range(kmax):
                 for j in range(j_n):
@@ -394,8 +423,7 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
             fac_t.masked_fill_(~keep.cpu().view(1, -1, 1, 1), 0.0)
         # [P, b, O]: the bound's largest value over a sample's inputs (``_tile_bound`` over the row)
         r_t = torch.from_numpy(r_ext)
-        top, out_any = r_t[..., 0].amax(-1).view(-1, b, 1), r_t[..., 1].amax(-1).view(-1, b, 1)
-        in_top, in_any = r_t[..., 2].amax(-1).view(-1, b, 1), r_t[..., 3].amax(-1).view(-1, b, 1)
+        top, out_any, in_top, in_any = (r_t[..., c].amax(-1).view(-1, b, 1) for c in range(4))
         f = [fac_t[..., k] for k in range(16)]
         outer = [torch.maximum(f[s] * top + f[s + 1], f[s + 2] * top + f[s + 3]) * out_any for s in (0, 8)]
         inner = [(f[s + 6] + torch.maximum(f[s + 4], f[s + 5]).clamp(min=0) * in_top) * in_any for s in (0, 8)]
@@ -406,13 +434,20 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
             return inf, -inf
         n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, max(_SEEDS * kmax, _MIN_SEEDS))  # small layers: all
         col_on, row_ptr, row_cols = _inner_lists(row_t, dev, max(1, int(_LISTED * b)))
+        q, walked = row_t.shape[0], n_seeds < b  # all seeded: the last pass has nothing to walk
+        order, n_inner = np.empty((q, b, j * walked), np.int32), np.zeros((q, b), np.int32)
+        starts = np.zeros((q, b, _BUCKETS * walked + 1), np.int32)
+        tops = np.empty((q, b, _BUCKETS * walked), np.float32)
+        if walked:
+            run(_orders, b, row_t, dev, col_on, order, starts, tops, n_inner)
         seeds = reach.topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
         block = min(BLOCK, -(-o // -(-workers // p)))  # at least one task per worker where outputs allow
         out_hi = np.empty((p, kmax, o * j), np.float32)
         out_lo = np.empty((p, kmax, o * j), np.float32)
         with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
-            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, col_on, row_ptr, row_cols,
-                kmax, block, out_hi, out_lo)
+            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, order, starts, tops, n_inner,
+                col_on,
+                row_ptr, row_cols, kmax, j // _GATHER_COST, block, out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
 
 
@@ -462,6 +497,55 @@ def _inner_lists(rows, dev, cap):  # pragma: no cover
                     n += 1
             row_ptr[q * b_n + i + 1] = n
     return col_on, row_ptr, row_cols
+
+
+@numba.njit(nogil=True, cache=True)
+def _orders(rows, dev, col_on, order, starts, tops, n_inner, i0, i1):  # pragma: no cover
+    """Per sample i0..i1-1, the order in which the kernel's last pass tests its inputs: those with
+    |r_j| > D in ``_BUCKETS`` buckets of decreasing |r_j| (bucket c: order[starts[c]:starts[c + 1]],
+    every later bucket's |r_j| at most tops[c]), then those within D of 0 on inputs without a list
+    (``_inner_lists``; n_inner of them). rows [Q, b, M, J] (r = the last row), order [Q, b, J]."""
+    q_n, _, m_n, j_n = rows.shape
+    n_b = starts.shape[2] - 1
+    where = np.empty(j_n, np.int32)
+    top = np.empty(n_b, np.float32)
+    for q in range(q_n):
+        for i in range(i0, i1):
+            d = dev[q, i]
+            r = rows[q, i, m_n - 1]
+            big = np.float32(0.0)
+            for j in range(j_n):
+                big = max(big, abs(r[j]))
+            scale = n_b / big if big > 0.0 else 0.0
+            cnt = starts[q, i]
+            cnt[:] = 0
+            top[:] = 0.0
+            for j in range(j_n):
+                ax = abs(r[j])
+                if ax > d:
+                    c = min(int((big - ax) * scale), n_b - 1)  # non-increasing in |r_j|
+                    where[j] = c
+                    cnt[c + 1] += 1
+                    top[c] = max(top[c], ax)
+                else:
+                    where[j] = -1
+            for c in range(n_b):
+                cnt[c + 1] += cnt[c]
+            m = np.float32(0.0)
+            for c in range(n_b - 1, -1, -1):  # suffix maxima: sound whatever the rounding of c did
+                m = max(m, top[c])
+                tops[q, i, c] = m
+            fill = cnt[:n_b].copy()
+            n = cnt[n_b]
+            for j in range(j_n):
+                c = where[j]
+                if c >= 0:
+                    order[q, i, fill[c]] = j
+                    fill[c] += 1
+                elif not col_on[q, j]:
+                    order[q, i, n] = j
+                    n += 1
+            n_inner[q, i] = n - cnt[n_b]
 
 
 def _sources(ts: list[Tensor]) -> tuple[np.ndarray, ...]:

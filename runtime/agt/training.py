@@ -192,6 +192,19 @@ def _moved_forward(fwd_fn, graph: LayerGraph, plo: list[Tensor], phi: list[Tenso
     return out
 
 
+def _poisoned_input(x: Tensor, eps_per_point: list[float]) -> tuple[Tensor, Tensor]:
+    """The poisoned input box of every point (l1/l2 balls lie inside it), [P, ...] around x [1, ...]:
+    one ``input_box`` per distinct eps > 0, the clean x where eps = 0. A sweep over n or m shares one
+    box (a budget axis of stride 0 where every point has the same eps) instead of one per point."""
+    distinct = sorted({e for e in eps_per_point if e > 0})
+    eps = torch.tensor(distinct, dtype=torch.float64).view(-1, *[1] * (x.dim() - 1))
+    lo, hi = input_box(x, eps)
+    if len(distinct) == 1 and all(e > 0 for e in eps_per_point):
+        return lo.expand(len(eps_per_point), *lo.shape[1:]), hi.expand(len(eps_per_point), *hi.shape[1:])
+    pick = lambda box: torch.stack([box[distinct.index(e)] if e > 0 else x[0] for e in eps_per_point])  # noqa: E731
+    return pick(lo), pick(hi)
+
+
 def _width_stats(lo: list[Tensor], hi: list[Tensor], slots) -> list[list[dict]]:
     stats = []
     per_layer = []
@@ -256,14 +269,12 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
     first_train = slots[start][0]
     sub = LayerGraph(graph.layers[start].in_shape, graph.layers[start:])
     eps_per_point = [pt.eps if pt.kind == "bounded" else 0.0 for pt in points]
-    eps = torch.tensor(eps_per_point, dtype=cdt)  # on the host: input_box tests it there
-    eps = eps.view(p, *[1] * (1 + len(graph.input_shape)))  # l1/l2 balls lie inside the l_inf box
     needs_poison = any(pt.kind == "bounded" and pt.budget() > 0 for pt in points)
     moved = [e > 0 for e in eps_per_point]  # points whose poisoned inputs leave the clean ones
     feature_poison = needs_poison and any(moved)
     # the poisoned box around raw inputs entering a linear layer: its IBP output is the clean one shifted
-    shift = (real_radius(eps.flatten()).to(device) if method == "ibp" and start == 0 and graph.layers[0].op == "linear"
-             else None)
+    shift = (real_radius(torch.tensor(eps_per_point, dtype=cdt)).to(device)
+             if method == "ibp" and start == 0 and graph.layers[0].op == "linear" else None)
     labels = [_label_model(pt) for pt in points]
     n_classes = 2 if cfg.loss == "binary_cross_entropy" else int(np.prod(graph.output_shape))
     for pt in points:
@@ -282,7 +293,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         clean_in = fwd_fn(prefix, fixed, fixed, xc, xc)[-1]
         if feature_poison:
             fixed_p = [t.expand(p, *t.shape) for t in fixed]
-            pois_in = fwd_fn(prefix, fixed_p, fixed_p, *input_box(xc.unsqueeze(0), eps))[-1]
+            pois_in = fwd_fn(prefix, fixed_p, fixed_p, *_poisoned_input(xc.unsqueeze(0), eps_per_point))[-1]
 
     sub_slots = {k - start: (v[0] - first_train, None if v[1] is None else v[1] - first_train)
                  for k, v in slots.items() if k >= start}
@@ -316,7 +327,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         pf: dict[int, Factors] | None = None
         if needs_poison:
             if feature_poison:
-                pin = (input_box(xc[idx].unsqueeze(0), eps) if pois_in is None
+                pin = (_poisoned_input(xc[idx].unsqueeze(0), eps_per_point) if pois_in is None
                        else (pois_in[0][:, idx], pois_in[1][:, idx]))
                 pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved, dtype, shift)
             else:

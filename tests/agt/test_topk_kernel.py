@@ -73,15 +73,20 @@ _CASES = dict(seed=st.integers(0, 10_000), p=st.integers(1, 3), shared=st.boolea
               shape=st.sampled_from([(11, 9), (13, 2), (3, 150)]))
 
 
-@settings(max_examples=60, deadline=None)
-@given(**_CASES, near=st.booleans(), seeds=st.sampled_from([0, 1, 16]))
-def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shape, near, seeds):
+@settings(max_examples=80, deadline=None)
+@given(**_CASES, near=st.booleans(), seeds=st.sampled_from([0, 1, 16]), walk=st.sampled_from([1, 8, 10**6]),
+       buckets=st.sampled_from([1, 32]), listed=st.sampled_from([0.0, 1 / 16, 1.0]))
+def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shape, near, seeds, walk, buckets,
+                                      listed):
     coefs, rows, keep, kk = _random_case(seed, p, shared, k, m, masked, heavy, shape, near)
     if kk == 0:
         return
     # few seeds per k: most samples go through the filtered pass, not the dense seeding (small layers
-    # are evaluated densely unless told otherwise)
-    with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=seeds, _DENSE_ELEMENTS=0 if seeds < 16 else 1 << 24):
+    # are evaluated densely unless told otherwise); that pass walks a sample's inputs by |r_j| (walk 1:
+    # always) or evaluates whole rows (walk 10**6: always), with one or many buckets, and inputs near
+    # 0 are listed for the pass before it or left to it
+    with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=seeds, _DENSE_ELEMENTS=0 if seeds < 16 else 1 << 24,
+                             _GATHER_COST=walk, _BUCKETS=buckets, _LISTED=listed):
         _assert_matches_exact(outer_topk, coefs, rows, keep, kk)
     # the torch fallback for accelerators without Triton computes the same values
     _assert_matches_exact(_streamed_topk, [c.float() for c in coefs], rows.float(), keep, kk)
@@ -157,6 +162,21 @@ def test_tile_bound_covers_rows_across_zero():
     assert np.all(np.abs(value) <= tile)
     with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=0, _DENSE_ELEMENTS=0):
         _assert_matches_exact(outer_topk, coefs, rows, None, 1)
+
+
+def test_the_walk_by_decreasing_input_reaches_every_value_above_the_floor():
+    """d_i[j] = |r_i[j]| (the bound is exact): the first 64 samples set every threshold to 5, so the
+    floor is 5 when sample 64 comes; its value 6 at input 0 tops a bucket whose bound is just above
+    the floor, and must be found by the walk (its other inputs, 0.5, lie below it)."""
+    b, j = 70, 16
+    coefs = [torch.zeros(1, b, 1, 1, 2, dtype=torch.float64) for _ in range(2)]
+    coefs[0][..., 0], coefs[0][..., 1] = 1.0, -1.0  # hi side: max(r, 0) - min(r, 0) = |r|
+    rows = torch.full((1, b, 1, j), 5.0, dtype=torch.float64)
+    rows[0, 64:] = 0.5
+    rows[0, 64, 0, 0] = -6.0
+    with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=0, _DENSE_ELEMENTS=0, _GATHER_COST=8):
+        hi, _ = _topk(outer_topk, *coefs, rows, None, 1)
+    assert hi.flatten().tolist() == [6.0] + [5.0] * (j - 1)
 
 
 def test_inputs_near_zero_are_evaluated_before_the_pass_that_skips_them():
