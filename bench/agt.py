@@ -21,9 +21,13 @@ import queue as queue_mod
 import resource
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from pcert.openmp import shorten_openmp_spinning
+
+shorten_openmp_spinning()  # as the CLI does; inherited by every case's process, the plain step's too
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 CASES = {
     "moons": dict(arch=[2, 128, 2], n=3000, batch=3000, points=[dict(n=10, eps=0.01)]),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pcert.errors import PcertError
+from pcert.openmp import shorten_openmp_spinning
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    shorten_openmp_spinning()  # before anything imports torch
     try:
         return _dispatch(args)
     except PcertError as exc:

@@ -311,8 +311,8 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
         rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
         topk = _topk_for(rows[0].device)
         t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # exactly this point's k: summed as they are
-        top_hi.append(t_hi.to(sum_hi.dtype).sum(1))
-        top_lo.append(t_lo.to(sum_lo.dtype).sum(1))
+        top_hi.append(t_hi.sum(1, dtype=sum_hi.dtype))
+        top_lo.append(t_lo.sum(1, dtype=sum_lo.dtype))
     lo = sum_lo + torch.cat(top_lo)
     hi = sum_hi + torch.cat(top_hi)
     if lg.bias:

@@ -87,7 +87,7 @@ _SLACK = 1e-5  # relative raise of the pruning bound: covers the float32 evaluat
 
 
 @numba.njit(nogil=True, cache=True)
-def _layout_coefs(coefs, dev, out, fac, i0, i1):  # pragma: no cover
+def _layout_coefs(coefs, dev, r_ext, keep, out, fac, reach, i0, i1):  # pragma: no cover
     """Samples i0..i1-1 of the coefficients in the kernel's layout, with the pruning bound's factors.
 
     coefs: 4M arrays [P|1, b, O], hi side then lo side, per row its (+, -) pair; out
@@ -110,7 +110,9 @@ def _layout_coefs(coefs, dev, out, fac, i0, i1):  # pragma: no cover
     raised by ``_SLACK`` times the sum of all coefficient magnitudes and every offset by that times D,
     which covers the float32 evaluation of the bound and of d itself (so a skipped value could not
     have entered the top-k even as computed); inf where a coefficient is inf or NaN (the caller
-    gives up).
+    gives up). Samples the adversary may not touch (keep[i] = 0) get zero factors. reach [P, O, b]:
+    the bound's largest value over a sample's inputs (``_tile_bound`` over the whole row, r_ext the
+    row's tiles), inf where not finite or above ``_FINITE_CAP`` (the caller gives up).
     """
     p_n, _, o_n, _, m_n, _ = out.shape
     q_n = dev.shape[0]
@@ -124,6 +126,12 @@ def _layout_coefs(coefs, dev, out, fac, i0, i1):  # pragma: no cover
                 for o in range(o_n):
                     out[p, i, o, side, m, s] = src[pp, i, o]
             d = np.float64(dev[q, i])
+            ext = np.zeros(4, np.float32)  # the whole row's extent
+            for t in range(r_ext.shape[2]):
+                for e in range(4):
+                    v = r_ext[q, i, t, e]
+                    if v != v or v > ext[e]:  # NaN propagates
+                        ext[e] = v
             for o in range(o_n):
                 for side in range(2):
                     sp = 0.0  # A_+ = sum_m c_m^+
@@ -153,6 +161,13 @@ def _layout_coefs(coefs, dev, out, fac, i0, i1):  # pragma: no cover
                     fac[p, i, o, f + 5] = abs(sn) + rn - c + slack
                     fac[p, i, o, f + 6] = (c + slack) * d
                     fac[p, i, o, f + 7] = 0.0
+                if not keep[i]:
+                    fac[p, i, o, :] = 0.0
+                f = fac[p, i, o]
+                v = max(_tile_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6], ext[0], ext[1], ext[2], ext[3]),
+                        _tile_bound(f[8], f[9], f[10], f[11], f[12], f[13], f[14], ext[0], ext[1], ext[2], ext[3]))
+                total = f[0] + f[1] + f[2] + f[3] + f[6] + f[8] + f[9] + f[10] + f[11] + f[14]
+                reach[p, o, i] = v if v <= _FINITE_CAP and total < np.inf and ext.sum() < np.inf else np.inf
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
@@ -174,14 +189,15 @@ def _tile_bound(ap, ep, an, en, mp, mn, e0, top, outer, inner_top, inner):  # pr
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _values(coef, rows, p, q, i, o, v_hi, v_lo, j0, j1):  # pragma: no cover
-    """d_i[o, j0:j1] for both sides into v_hi, v_lo (v_lo negated: both are kept as largest values).
+def _values(coef, p, i, o, u, v_hi, v_lo, j0, j1):  # pragma: no cover
+    """d_i[o, j] for inputs j0..j1-1 of sample i's rows u [M, J] (or of a gathered copy of some of
+    them), both sides into v_hi, v_lo (v_lo negated: both are kept as largest values).
 
     Loops over slices from 0 (with the offset in the loop bound, numba's code runs 15x slower)."""
-    for m in range(rows.shape[2]):
+    for m in range(u.shape[0]):
         hp, hn = coef[p, i, o, 0, m, 0], coef[p, i, o, 0, m, 1]
         lp, ln = coef[p, i, o, 1, m, 0], coef[p, i, o, 1, m, 1]
-        r, vh, vl = rows[q, i, m, j0:j1], v_hi[j0:j1], v_lo[j0:j1]
+        r, vh, vl = u[m, j0:j1], v_hi[j0:j1], v_lo[j0:j1]
         if m == 0:  # the first row writes, the others accumulate (one of max(x, 0),
             for j in range(j1 - j0):  # min(x, 0) is zero: select the coefficient by x's sign)
                 x = r[j]
@@ -258,8 +274,9 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
     merged into the top-k lists branch-free, which lifts the thresholds near their final values.
     Then the (sample, input) pairs whose reference input lies within D of 0, on inputs where few
     samples do (``col_on``; sample i's inputs row_cols[row_ptr[q b + i]:row_ptr[q b + i + 1]]), are
-    tested and evaluated first: their bound is the chord's, whose peak a sample's other inputs
-    (hence the seeds) say nothing about. The pass that follows leaves them out. Then every other
+    evaluated first, for the outputs whose chord bound reaches a floor below all their thresholds:
+    the chord's peak is where a sample's other inputs (hence the seeds) say nothing about, and most
+    of these values enter the top-k. The pass that follows leaves them out. Then every other
     (sample, output) pair, in memory order: its inputs with |r_j| > D come in buckets of
     decreasing |r_j| (``_orders``: order, starts, tops), and those in the buckets whose top bound
     (``_layout_coefs``; fac its factors, dev = D) reaches a floor below all of the output's
@@ -286,6 +303,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
         done = np.zeros((ob, b_n), np.bool_)
         v_hi = np.empty(j_n, np.float32)
         v_lo = np.empty(j_n, np.float32)
+        near = np.empty((m_n, j_n), np.float32)  # a sample's rows at its listed inputs
         flags = np.zeros(_TILE, np.uint8)
         words = flags.view(np.uint64)
         for u in range(ob):
@@ -298,7 +316,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
                 if max(max(f[0], f[2]), f[6]) <= 0.0 and max(max(f[8], f[10]), f[14]) <= 0.0:
                     continue  # zero (or trusted: masked) samples are never evaluated
                 done[u, i] = True
-                _values(coef, rows, p, q, i, o0 + u, v_hi, v_lo, 0, j_n)
+                _values(coef, p, i, o0 + u, rows[q, i], v_hi, v_lo, 0, j_n)
                 src = n_merged % 2
                 _merge(seed_hi[src], seed_hi[1 - src], v_hi)
                 _merge(seed_lo[src], seed_lo[1 - src], v_lo)
@@ -315,21 +333,30 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
         for u in range(ob):
             floor[u, 0], floor[u, 1] = th_hi[u].min(), th_lo[u].min()
         for i in range(b_n):  # first the listed inputs within D of 0, in memory order
-            if row_ptr[q * b_n + i] == row_ptr[q * b_n + i + 1]:
+            c0, c1 = row_ptr[q * b_n + i], row_ptr[q * b_n + i + 1]
+            if c0 == c1:
                 continue
             d = dev[q, i]
+            gathered = False
             for u in range(ob):
                 f = fac[p, i, o0 + u]
                 if done[u, i] or (_tile_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6], d, 0.0, d, 1.0) <= floor[u, 0]
                                   and _tile_bound(f[8], f[9], f[10], f[11], f[12], f[13], f[14], d, 0.0, d, 1.0)
                                   <= floor[u, 1]):
                     continue  # no input within D of 0 can reach a threshold
-                for c in range(row_ptr[q * b_n + i], row_ptr[q * b_n + i + 1]):
-                    j = row_cols[c]
-                    x = rows[q, i, m_n - 1, j]
-                    if (_side_bound(f[0], f[1], f[2], f[3], f[4], f[5], f[6], x, d) > th_hi[u, j]
-                            or _side_bound(f[8], f[9], f[10], f[11], f[12], f[13], f[14], x, d) > th_lo[u, j]):
-                        _offer(coef, rows, p, q, i, o0 + u, j, best_hi[u, j], best_lo[u, j], th_hi[u], th_lo[u])
+                if not gathered:  # the sample's listed inputs, contiguous for all its outputs
+                    for m in range(m_n):
+                        for c in range(c1 - c0):
+                            near[m, c] = rows[q, i, m, row_cols[c0 + c]]
+                    gathered = True
+                # most of these values enter the top-k: evaluated without a bound test
+                _values(coef, p, i, o0 + u, near, v_hi, v_lo, 0, c1 - c0)
+                for c in range(c1 - c0):
+                    j = row_cols[c0 + c]
+                    if v_hi[c] > th_hi[u, j]:
+                        th_hi[u, j] = _insert(best_hi[u, j], v_hi[c])
+                    if v_lo[c] > th_lo[u, j]:
+                        th_lo[u, j] = _insert(best_lo[u, j], v_lo[c])
         n_tiles, n_buckets = r_ext.shape[2], tops.shape[2]
         th_min = np.zeros((ob, 2, n_tiles), np.float32)  # per tile, below its thresholds
         for i in range(b_n):  # then every other (sample, output) pair, in memory order
@@ -368,7 +395,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
                             continue  # the whole tile is below its thresholds
                         j0 = t * _TILE
                         j1 = min(j0 + _TILE, j_n)
-                        _values(coef, rows, p, q, i, o0 + u, v_hi, v_lo, j0, j1)  # vectorised, exact: the
+                        _values(coef, p, i, o0 + u, rows[q, i], v_hi, v_lo, j0, j1)  # vectorised, exact: the
                         for j in range(j0, j1):  # values themselves are the test (near-ties defeat any bound)
                             flags[j - j0] = ((~(listed[j] & (abs(r[j]) <= d)))  # (listed pairs were seen above)
                                              & ((v_hi[j] > th_hi[u, j]) | (v_lo[j] > th_lo[u, j])))
@@ -416,20 +443,9 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
             cuts = [n_tasks * w // n for w in range(n + 1)]
             list(pool.map(lambda w: fn(*args, cuts[w], cuts[w + 1]), range(n)))
 
-        coef, row_t, dev, r_ext, fac = _layouts(coef_hi, coef_lo, rows, run)
+        coef, row_t, dev, r_ext, fac, reach = _layouts(coef_hi, coef_lo, rows, keep, run)
         p = fac.shape[0]
-        fac_t = torch.from_numpy(fac)
-        if keep is not None:
-            fac_t.masked_fill_(~keep.cpu().view(1, -1, 1, 1), 0.0)
-        # [P, b, O]: the bound's largest value over a sample's inputs (``_tile_bound`` over the row)
-        r_t = torch.from_numpy(r_ext)
-        top, out_any, in_top, in_any = (r_t[..., c].amax(-1).view(-1, b, 1) for c in range(4))
-        f = [fac_t[..., k] for k in range(16)]
-        outer = [torch.maximum(f[s] * top + f[s + 1], f[s + 2] * top + f[s + 3]) * out_any for s in (0, 8)]
-        inner = [(f[s + 6] + torch.maximum(f[s + 4], f[s + 5]).clamp(min=0) * in_top) * in_any for s in (0, 8)]
-        reach = torch.maximum(torch.maximum(*outer), torch.maximum(*inner)).transpose(1, 2)  # [P, O, b]
-        big = reach.amax()
-        if not bool(torch.isfinite(big)) or float(big) > _FINITE_CAP:  # keeps inf/NaN out of the kernel
+        if not float(reach.max()) <= _FINITE_CAP:  # keeps inf/NaN out of the kernel
             inf = torch.full((p, kmax, o * j), math.inf)
             return inf, -inf
         n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, max(_SEEDS * kmax, _MIN_SEEDS))  # small layers: all
@@ -440,22 +456,22 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
         tops = np.empty((q, b, _BUCKETS * walked), np.float32)
         if walked:
             run(_orders, b, row_t, dev, col_on, order, starts, tops, n_inner)
-        seeds = reach.topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
+        seeds = torch.from_numpy(reach).topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
         block = min(BLOCK, -(-o // -(-workers // p)))  # at least one task per worker where outputs allow
         out_hi = np.empty((p, kmax, o * j), np.float32)
         out_lo = np.empty((p, kmax, o * j), np.float32)
         with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
             run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, order, starts, tops, n_inner,
-                col_on,
-                row_ptr, row_cols, kmax, j // _GATHER_COST, block, out_hi, out_lo)
+                col_on, row_ptr, row_cols, kmax, j // _GATHER_COST, block, out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
 
 
 def _layouts(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],
-             run=None) -> tuple[np.ndarray, ...]:
+             keep: Tensor | None = None, run=None) -> tuple[np.ndarray, ...]:
     """The kernel's inputs (``outer_topk``'s arguments): coefficients [P, b, O, 2, M, 2] and rows
-    [Q, b, M, J] in its layout, D per sample [Q, b], per-tile row extents [Q, b, tiles, 4] and bound
-    factors [P, b, O, 16]. ``run(fn, n, *args)`` calls fn(*args, first, last) over samples 0..n-1
+    [Q, b, M, J] in its layout, D per sample [Q, b], per-tile row extents [Q, b, tiles, 4], bound
+    factors [P, b, O, 16] (zero for samples not kept) and each (sample, output)'s largest bound
+    [P, O, b]. ``run(fn, n, *args)`` calls fn(*args, first, last) over samples 0..n-1
     (default: in one call)."""
     (_, b, o), m, j = coef_hi[0][0].shape, len(rows), rows[0].shape[2]
     p = max(c.shape[0] for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair)
@@ -466,10 +482,12 @@ def _layouts(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, T
     dev = np.empty((q, b), np.float32)
     r_ext = np.empty((q, b, -(-j // _TILE), 4), np.float32)
     fac = np.empty((p, b, o, 16), np.float32)
+    reach = np.empty((p, o, b), np.float32)
     run(_layout_rows, b, _sources(rows), row_t, dev, r_ext)
+    keep_np = np.ones(b, np.bool_) if keep is None else keep.cpu().numpy()
     run(_layout_coefs, b, _sources([c for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair]),
-        dev, coef, fac)
-    return coef, row_t, dev, r_ext, fac
+        dev, r_ext, keep_np, coef, fac, reach)
+    return coef, row_t, dev, r_ext, fac, reach
 
 
 @numba.njit(nogil=True, cache=True)

@@ -327,7 +327,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         pf: dict[int, Factors] | None = None
         if needs_poison:
             if feature_poison:
-                pin = (_poisoned_input(xc[idx].unsqueeze(0), eps_per_point) if pois_in is None
+                pin = (_poisoned_input(cin[0], eps_per_point) if pois_in is None  # cin: the clean batch
                        else (pois_in[0][:, idx], pois_in[1][:, idx]))
                 pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved, dtype, shift)
             else:

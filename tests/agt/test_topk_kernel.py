@@ -137,7 +137,7 @@ def test_pruning_bound_holds_for_every_value(seed, m, shared, scale, spread, can
     r = scale * torch.randn(q, b, 1, j, generator=g, dtype=torch.float64)
     rows = torch.cat([r + spread * (2 * torch.rand(q, b, m - 1, j, generator=g, dtype=torch.float64) - 1), r], 2)
     (hi, rs), (lo, _) = _split(coefs[0], rows), _split(coefs[1], rows)
-    coef, row_t, dev, r_ext, fac = topk_kernel._layouts(hi, lo, rs)
+    coef, row_t, dev, r_ext, fac, _ = topk_kernel._layouts(hi, lo, rs)
     assert np.all(dev >= np.abs(row_t - row_t[:, :, -1:]).max((2, 3)))
     value, bound, tile = _kernel_view(coef, row_t, fac, dev, r_ext)
     signed = np.stack((np.maximum(row_t, 0), np.minimum(row_t, 0)), 3).astype(np.float64)  # [Q, b, M, 2, J]
@@ -156,7 +156,7 @@ def test_tile_bound_covers_rows_across_zero():
     coefs[1][:, 1] = 0.0  # the second sample: a zero lower side
     rows = torch.stack((rows, torch.zeros_like(rows)), 0).unsqueeze(0)  # [1, b = 2, M, J]
     (hi, rs), (lo, _) = _split(coefs[0], rows), _split(coefs[1], rows)
-    coef_l, row_t, dev, r_ext, fac = topk_kernel._layouts(hi, lo, rs)
+    coef_l, row_t, dev, r_ext, fac, _ = topk_kernel._layouts(hi, lo, rs)
     value, _, tile = _kernel_view(coef_l, row_t, fac, dev, r_ext)
     assert value[0, 0, 0, 0, 0] == pytest.approx(1.4)
     assert np.all(np.abs(value) <= tile)
