@@ -138,11 +138,14 @@ def test_sampled_points_stay_inside_forward_loss_and_gradient_bounds(seed, case,
                 assert _inside(torch.cat(layer_params), lo[0, i], hi[0, i]), (li, i)
 
 
-def test_sweep_equals_separate_runs():
+@pytest.mark.parametrize("pts", [
+    [BudgetPoint(), BudgetPoint(n=2, eps=0.05), BudgetPoint(m=3), BudgetPoint(n=1, eps=0.02, m=1, paired=True)],
+    [BudgetPoint(n=1, eps=0.05), BudgetPoint(n=3, eps=0.05, m=1)],  # one eps: the points share one box
+])
+def test_sweep_equals_separate_runs(pts):
     graph = build_conv("2 -> 12 -> relu -> 2", seed=0)
     x, y = make_data(graph, "cross_entropy", 120, 2)
     cfg = TrainConfig(epochs=2, batch=40, lr=0.5, momentum=0.5)
-    pts = [BudgetPoint(), BudgetPoint(n=2, eps=0.05), BudgetPoint(m=3), BudgetPoint(n=1, eps=0.02, m=1, paired=True)]
     sweep = train_with_bounds(graph, x, y, cfg, pts, dtype=torch.float64)
     for i, pt in enumerate(pts):
         alone = train_with_bounds(graph, x, y, cfg, [pt], dtype=torch.float64)
