@@ -266,7 +266,7 @@ def _merge(src, dst, v):  # pragma: no cover
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)  # no inf/NaN reach it (see outer_topk)
-def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, col_on, row_ptr, row_cols,  # pragma: no cover
+def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, col_on, outer, row_ptr, row_cols,  # pragma: no cover
             kmax, walk_max, block, out_hi, out_lo, first, last):
     """Tasks first..last-1 of (p, block of outputs); coef [P, b, O, 2, M, 2], rows [Q, b, M, J].
 
@@ -359,10 +359,17 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
                         th_lo[u, j] = _insert(best_lo[u, j], v_lo[c])
         n_tiles, n_buckets = r_ext.shape[2], tops.shape[2]
         th_min = np.zeros((ob, 2, n_tiles), np.float32)  # per tile, below its thresholds
+        live = outer[q]
+        floor_out = np.empty((ob, 2), np.float32)  # the same over the inputs beyond D of 0 in some sample
         for i in range(b_n):  # then every other (sample, output) pair, in memory order
             if i % 64 == 0:  # the thresholds only grow: their minima stay below them
                 for u in range(ob):
                     floor[u, 0], floor[u, 1] = th_hi[u].min(), th_lo[u].min()
+                    floor_out[u, 0], floor_out[u, 1] = np.inf, np.inf  # (an input never 0 in any sample
+                    for j in range(j_n):  # may hold no value: its threshold stays 0)
+                        if live[j]:
+                            floor_out[u, 0] = min(floor_out[u, 0], th_hi[u, j])
+                            floor_out[u, 1] = min(floor_out[u, 1], th_lo[u, j])
                     for t in range(n_tiles):
                         th_min[u, 0, t] = th_hi[u, t * _TILE:min(t * _TILE + _TILE, j_n)].min()
                         th_min[u, 1, t] = th_lo[u, t * _TILE:min(t * _TILE + _TILE, j_n)].min()
@@ -379,13 +386,13 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
                 # outer inputs (|r_j| > D) by buckets of decreasing |r_j|: both sides' bounds fall with
                 # |r_j|, so the inputs from the first bucket whose top lies below both floors on are skipped
                 ah, eh, al, el = max(hp, hn), max(hep, hen), max(lp, ln), max(lep, len_)
-                fh, fl = floor[u, 0], floor[u, 1]
+                fh, fl = floor_out[u, 0], floor_out[u, 1]
                 cut = 0
                 while cut < n_buckets and (ah * tops[q, i, cut] + eh > fh or al * tops[q, i, cut] + el > fl):
                     cut += 1
                 hi_c = starts[q, i, cut]
-                inner = n_in > 0 and (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, d, 0.0, d, 1.0) > fh
-                                      or _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, d, 0.0, d, 1.0) > fl)
+                inner = n_in > 0 and (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, d, 0.0, d, 1.0) > floor[u, 0]
+                                      or _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, d, 0.0, d, 1.0) > floor[u, 1])
                 n_tail = n_in if inner else 0
                 if hi_c + n_tail > walk_max:  # many inputs to test: the whole row, by tiles
                     for t in range(n_tiles):
@@ -449,7 +456,7 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
             inf = torch.full((p, kmax, o * j), math.inf)
             return inf, -inf
         n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, max(_SEEDS * kmax, _MIN_SEEDS))  # small layers: all
-        col_on, row_ptr, row_cols = _inner_lists(row_t, dev, max(1, int(_LISTED * b)))
+        col_on, row_ptr, row_cols, outer = _inner_lists(row_t, dev, max(1, int(_LISTED * b)))
         q, walked = row_t.shape[0], n_seeds < b  # all seeded: the last pass has nothing to walk
         order, n_inner = np.empty((q, b, j * walked), np.int32), np.zeros((q, b), np.int32)
         starts = np.zeros((q, b, _BUCKETS * walked + 1), np.int32)
@@ -462,7 +469,7 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
         out_lo = np.empty((p, kmax, o * j), np.float32)
         with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
             run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, order, starts, tops, n_inner,
-                col_on, row_ptr, row_cols, kmax, j // _GATHER_COST, block, out_hi, out_lo)
+                col_on, outer, row_ptr, row_cols, kmax, j // _GATHER_COST, block, out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
 
 
@@ -493,8 +500,9 @@ def _layouts(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, T
 @numba.njit(nogil=True, cache=True)
 def _inner_lists(rows, dev, cap):  # pragma: no cover
     """The (sample, input) pairs whose reference input lies within D of 0, on the inputs where at
-    most ``cap`` samples do (on others the filtered pass keeps them). Returns col_on [Q, J] and per
-    sample its such inputs: row_ptr [Q b + 1], row_cols (ascending inputs). rows [Q, b, M, J]."""
+    most ``cap`` samples do (on others the filtered pass keeps them). Returns col_on [Q, J], per
+    sample its such inputs: row_ptr [Q b + 1], row_cols (ascending inputs), and whether an input lies
+    beyond D of 0 in some sample (outer [Q, J]). rows [Q, b, M, J]."""
     q_n, b_n, m_n, j_n = rows.shape
     counts = np.zeros((q_n, j_n), np.int64)
     for q in range(q_n):
@@ -514,7 +522,7 @@ def _inner_lists(rows, dev, cap):  # pragma: no cover
                     row_cols[n] = j
                     n += 1
             row_ptr[q * b_n + i + 1] = n
-    return col_on, row_ptr, row_cols
+    return col_on, row_ptr, row_cols, counts < b_n
 
 
 @numba.njit(nogil=True, cache=True)

@@ -41,7 +41,7 @@ def _reference(coef_hi, coef_lo, rows, keep, k):
     return d_hi.topk(k, 1).values.sum(1), d_lo.topk(k, 1, largest=False).values.sum(1)
 
 
-def _random_case(seed, p, shared, k, m, masked, heavy, shape, near=False):
+def _random_case(seed, p, shared, k, m, masked, heavy, shape, near=False, sparse=False):
     g = torch.Generator().manual_seed(seed)
     b, (o, j) = 60, shape  # (13, 2): short rows, run transposed; (3, 150): rows of several tiles
     scale = torch.rand(1, b, 1, 1, 1, generator=g, dtype=torch.float64) ** (8 if heavy else 1)
@@ -53,6 +53,9 @@ def _random_case(seed, p, shared, k, m, masked, heavy, shape, near=False):
         rows[:, :, :-1] = rows[:, :, -1:] + 0.01 * torch.randn(q, b, m - 1, j, generator=g, dtype=torch.float64)
         for c in coefs:
             c[..., -1, :] = -c[..., :-1, :].sum(-2) + 0.05 * torch.randn(p, b, o, 2, generator=g, dtype=torch.float64)
+    if sparse:  # like image pixels: mostly exactly 0, some inputs 0 in every sample
+        rows = torch.where(torch.rand(rows.shape, generator=g) < 0.6, 0.0, rows)
+        rows[..., :j // 3] = 0.0
     keep = torch.rand(b, generator=g) < 0.7 if masked else None
     return coefs, rows, keep, min(k, b if keep is None else int(keep.sum()))
 
@@ -74,11 +77,11 @@ _CASES = dict(seed=st.integers(0, 10_000), p=st.integers(1, 3), shared=st.boolea
 
 
 @settings(max_examples=80, deadline=None)
-@given(**_CASES, near=st.booleans(), seeds=st.sampled_from([0, 1, 16]), walk=st.sampled_from([1, 8, 10**6]),
-       buckets=st.sampled_from([1, 32]), listed=st.sampled_from([0.0, 1 / 16, 1.0]))
-def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shape, near, seeds, walk, buckets,
+@given(**_CASES, near=st.booleans(), sparse=st.booleans(), seeds=st.sampled_from([0, 1, 16]),
+       walk=st.sampled_from([1, 8, 10**6]), buckets=st.sampled_from([1, 32]), listed=st.sampled_from([0.0, 1 / 16, 1.0]))
+def test_kernel_topk_sums_match_exact(seed, p, shared, k, m, masked, heavy, shape, near, sparse, seeds, walk, buckets,
                                       listed):
-    coefs, rows, keep, kk = _random_case(seed, p, shared, k, m, masked, heavy, shape, near)
+    coefs, rows, keep, kk = _random_case(seed, p, shared, k, m, masked, heavy, shape, near, sparse)
     if kk == 0:
         return
     # few seeds per k: most samples go through the filtered pass, not the dense seeding (small layers
@@ -164,19 +167,26 @@ def test_tile_bound_covers_rows_across_zero():
         _assert_matches_exact(outer_topk, coefs, rows, None, 1)
 
 
-def test_the_walk_by_decreasing_input_reaches_every_value_above_the_floor():
-    """d_i[j] = |r_i[j]| (the bound is exact): the first 64 samples set every threshold to 5, so the
-    floor is 5 when sample 64 comes; its value 6 at input 0 tops a bucket whose bound is just above
-    the floor, and must be found by the walk (its other inputs, 0.5, lie below it)."""
+@pytest.mark.parametrize("low", [False, True])
+def test_the_walk_by_decreasing_input_reaches_every_value_above_the_floor(low):
+    """d_i[j] = |r_i[j]| (the bound is exact). The first 64 samples set the thresholds of inputs
+    1-14 to 5, and of input 0 to 5 or (low) 1; input 15 is 0 in every sample (its threshold stays 0,
+    below any floor worth walking to, so the floor leaves it out). Sample 64's values 6 (input 1)
+    and 2 (input 0, low) top the buckets whose bounds just reach the floor, and the walk must find
+    them; its other values, 0.5, lie below it."""
     b, j = 70, 16
     coefs = [torch.zeros(1, b, 1, 1, 2, dtype=torch.float64) for _ in range(2)]
     coefs[0][..., 0], coefs[0][..., 1] = 1.0, -1.0  # hi side: max(r, 0) - min(r, 0) = |r|
     rows = torch.full((1, b, 1, j), 5.0, dtype=torch.float64)
-    rows[0, 64:] = 0.5
-    rows[0, 64, 0, 0] = -6.0
+    rows[0, 64:, 0, :15] = 0.5
+    rows[0, :, 0, 15] = 0.0
+    rows[0, 64, 0, 1] = -6.0
+    if low:
+        rows[0, :64, 0, 0] = 1.0
+        rows[0, 64, 0, 0] = 2.0
     with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=0, _DENSE_ELEMENTS=0, _GATHER_COST=8):
         hi, _ = _topk(outer_topk, *coefs, rows, None, 1)
-    assert hi.flatten().tolist() == [6.0] + [5.0] * (j - 1)
+    assert hi.flatten().tolist() == [2.0 if low else 5.0, 6.0] + [5.0] * (j - 3) + [0.0]
 
 
 def test_inputs_near_zero_are_evaluated_before_the_pass_that_skips_them():
