@@ -13,7 +13,8 @@ samples per weight are evaluated in full. Thresholds are seeded by each output's
 largest bound, evaluated densely, then by the (sample, input) pairs whose reference input lies
 within the rows' spread of 0 (where the bound peaks). The rest stream in memory order, each
 (sample, output) testing only its inputs of largest |r_j| (the bound grows with |r_j|), down to
-where the bound falls below every threshold of the output; where that leaves many inputs (some
+where the bound falls below every threshold of the output (over the inputs not within D of 0 in
+every sample); where that leaves many inputs (some
 thresholds lie far below the others, or many samples tie near the k-th value), the whole row is
 evaluated, vectorised, per tile of inputs whose bound reaches the tile's thresholds.
 Small layers are evaluated densely throughout.
