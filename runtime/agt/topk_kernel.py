@@ -365,9 +365,13 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
         th_min = np.zeros((ob, 2, n_tiles), np.float32)  # per tile, below its thresholds
         live = outer[q]
         floor_out = np.empty((ob, 2), np.float32)  # the same over the inputs beyond D of 0 in some sample
+        stale = np.ones(ob, np.bool_)  # an output's thresholds may have grown since its minima were taken
         for i in range(b_n):  # then every other (sample, output) pair, in memory order
             if i % 64 == 0:  # the thresholds only grow: their minima stay below them
                 for u in range(ob):
+                    if not stale[u]:
+                        continue
+                    stale[u] = False
                     floor[u, 0], floor[u, 1] = th_hi[u].min(), th_lo[u].min()
                     floor_out[u, 0], floor_out[u, 1] = np.inf, np.inf  # (an input within D of 0 in every
                     for j in range(j_n):  # sample may hold no value: its threshold can stay 0)
@@ -399,6 +403,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
                                       or _tile_bound(lp, lep, ln, len_, lmp, lmn, le0, d, 0.0, d, 1.0) > floor[u, 1])
                 n_tail = n_in if inner else 0
                 if hi_c + n_tail > walk_max:  # many inputs to test: the whole row, by tiles
+                    stale[u] = True
                     for t in range(n_tiles):
                         x0, x1, x2, x3 = r_ext[q, i, t, 0], r_ext[q, i, t, 1], r_ext[q, i, t, 2], r_ext[q, i, t, 3]
                         if (_tile_bound(hp, hep, hn, hen, hmp, hmn, he0, x0, x1, x2, x3) <= th_min[u, 0, t]
@@ -427,6 +432,7 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
                     if (_side_bound(hp, hep, hn, hen, hmp, hmn, he0, x, d) > th_hi[u, j]
                             or _side_bound(lp, lep, ln, len_, lmp, lmn, le0, x, d) > th_lo[u, j]):
                         _offer(coef, rows, p, q, i, o0 + u, j, best_hi[u, j], best_lo[u, j], th_hi[u], th_lo[u])
+                        stale[u] = True
         for u in range(ob):
             for kk in range(kmax):
                 for j in range(j_n):
