@@ -24,8 +24,8 @@ from torch import Tensor
 
 from pcert.compiler.graph import Layer
 from pcert.runtime.constants import constant
-from pcert.runtime.bounds.interval import (Bounds, covers_coarser, gamma, matmul_bounds, mid_rad, outward,
-                                           unit_roundoff)
+from pcert.runtime.bounds.interval import (Bounds, abs_matmul_up, covers_coarser, gamma, matmul_bounds, mid_rad,
+                                           outward, unit_roundoff)
 
 from .backward import Factors
 from . import topk_triton
@@ -286,7 +286,7 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
         x = rows_c[0]
         g_mid, g_rad = (sq(c.g_hi) + sq(c.g_lo)) * 0.5, (sq(c.g_hi) - sq(c.g_lo)) * 0.5
         s_mid = torch.matmul(g_mid.transpose(1, 2), x).flatten(1)
-        s_rad = torch.matmul(g_rad.transpose(1, 2), x.abs()).flatten(1)
+        s_rad = abs_matmul_up(g_rad.transpose(1, 2), x).flatten(1)  # an upper bound: only widens
         sum_lo, sum_hi = s_mid - s_rad, s_mid + s_rad
     else:
         sum_lo, sum_hi = _factored_sum(lo_c, rows_c).flatten(1), _factored_sum(hi_c, rows_c).flatten(1)

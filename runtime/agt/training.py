@@ -411,4 +411,6 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
                                  "rounding": "bounds in bound_dtype, one-ulp outward rounding per element-wise op, "
                                              "final bounds rounded outward to dtype; each step hulled with the nominal run",
                                  "margin": "a-priori 2*gamma_k*(|x_mid|+x_rad)(|W_mid|+W_rad) per product "
-                                           "(gamma_k = k u / (1 - k u) in bound_dtype, k = contraction length)"})
+                                           "(gamma_k = k u / (1 - k u) in bound_dtype, k = contraction length); "
+                                           "large float64 radius products on the CPU run in float32, rounded "
+                                           "up by their own float32 gamma_k"})

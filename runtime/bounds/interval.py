@@ -137,6 +137,36 @@ def _abs_terms(wm: Tensor, wr: Tensor | None, g: float) -> tuple[Tensor, Tensor]
     return wr + s * g, s * (1.0 + g)
 
 
+_FAST_RADIUS_MACS = 1 << 24  # float64 radius products of at least this many multiply-adds run in float32 (CPU)
+_TINY32 = 2.0 ** -126  # float32's smallest normal: covers any flush to zero or gradual underflow
+
+
+def abs_matmul_up(u: Tensor, v: Tensor) -> Tensor:
+    """An upper bound of |u| @ |v| for u [..., n, k] and v [..., k, m] (the radius products).
+
+    Large float64 products on the CPU run in float32, at about three times float64's rate. Rounded
+    to nearest, |u| <= (fl|u| + t) / (1 - e) element-wise (e = 2^-24; t = 2^-126 covers underflow),
+    and a float32 sum of k non-negative products errs by at most gamma_k of its exact value plus
+    2 k t (underflow of each product and partial sum), so
+      |u| @ |v| <= (fl(fl|u| @ fl|v|) + 2 k t + k t (max fl|u| + max fl|v| + t)) / ((1 - gamma_k) (1 - e)^2).
+    The result is then at most ~gamma_k(float32) (5e-5 at k = 784) above the float64 product, and it
+    only ever widens a radius. inf * 0 gives NaN, which the callers' outward rounding turns into the
+    infinite side. Smaller products, other devices (TF32 could round far more) and other dtypes
+    multiply as they are.
+    """
+    k = u.shape[-1]
+    if (u.dtype != torch.float64 or u.device.type != "cpu"
+            or u.numel() * v.shape[-1] < _FAST_RADIUS_MACS):
+        return torch.matmul(u.abs(), v.abs())
+    u32, v32 = u.to(torch.float32).abs_(), v.to(torch.float32).abs_()
+    s = torch.matmul(u32, v32).to(torch.float64)
+    e = 2.0 ** -24
+    scale = (1.0 + 1e-12) / ((1.0 - gamma(k, torch.float32)) * (1.0 - e) ** 2)  # 1e-12: this line's own rounding
+    big = float(torch.maximum(u32.amax(), v32.amax())) if u.numel() and v.numel() else 0.0
+    absolute = k * _TINY32 * (2.0 + 2.0 * big + _TINY32)
+    return s * scale + absolute * scale
+
+
 def _finish(mid: Tensor, rad: Tensor, k: int) -> Bounds:
     """Inflate the computed radius for its own rounding (a length-2k nonnegative sum), then round out."""
     dtype = mid.dtype
@@ -225,9 +255,9 @@ def linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
     a, b = _abs_terms(wm, wr, g)
     wt = lambda t: t.transpose(-1, -2)  # noqa: E731
     mid = torch.matmul(xm, wt(wm))
-    rad = torch.matmul(xm.abs(), wt(a))
+    rad = abs_matmul_up(xm, wt(a))
     if xr is not None:
-        rad = rad + torch.matmul(xr, wt(b))
+        rad = rad + abs_matmul_up(xr, wt(b))
     bm, brad = _bias_terms(b_lo, b_hi, g)
     if bm is not None:
         mid = mid + bm.unsqueeze(-2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from hypothesis import strategies as st
 from pcert.compiler.model_builder import build_conv
 from pcert.compiler.torch_model import to_torch
 from pcert.runtime.bounds.ibp import ibp_layers
-from pcert.runtime.bounds.interval import (activation_bounds, activation_grad_bounds, conv2d_bounds,
-                                           linear_bounds, matmul_bounds, mul_bounds, outward,
+from pcert.runtime.bounds import interval
+from pcert.runtime.bounds.interval import (abs_matmul_up, activation_bounds, activation_grad_bounds, conv2d_bounds,
+                                           gamma, linear_bounds, matmul_bounds, mul_bounds, outward,
                                            shifted_linear_bounds)
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -33,6 +35,52 @@ def _sample(gen: torch.Generator, lo, hi):
 
 def _inside(v, lo, hi):
     return bool(((v >= lo) & (v <= hi)).all())
+
+
+def _wild(gen: torch.Generator, shape, exponents: tuple[int, int]) -> torch.Tensor:
+    """float64 values over a range of magnitudes (float32 underflow and overflow included), some 0."""
+    lo, hi = exponents
+    e = torch.randint(lo, hi + 1, shape, generator=gen).double()
+    v = torch.randn(shape, generator=gen, dtype=torch.float64) * 10.0 ** e
+    return torch.where(torch.rand(shape, generator=gen) < 0.1, torch.zeros_like(v), v)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), k=st.integers(1, 64), m=st.integers(1, 3),
+       exponents=st.sampled_from([(0, 0), (-3, 3), (-46, -36), (-50, 39), (30, 39)]))
+def test_abs_matmul_up_bounds_the_exact_product(seed, n, k, m, exponents):
+    """The float32 path of the radius products: at least the exact |u| @ |v| (rational arithmetic),
+    and within ~gamma_k of it where float32 neither underflows nor overflows."""
+    gen = torch.Generator().manual_seed(seed)
+    u, v = _wild(gen, (n, k), exponents), _wild(gen, (k, m), exponents)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(interval, "_FAST_RADIUS_MACS", 0)  # every product takes the float32 path
+        got = abs_matmul_up(u, v)
+    assert got.dtype == torch.float64
+    f32_max = float(torch.finfo(torch.float32).max)
+    for i in range(n):
+        for j in range(m):
+            exact = sum(Fraction(abs(float(u[i, c]))) * Fraction(abs(float(v[c, j]))) for c in range(k))
+            g = float(got[i, j])
+            if math.isnan(g):  # inf * 0 in float32: callers round it to the infinite side
+                assert bool((u[i].abs() > f32_max).any() or (v[:, j].abs() > f32_max).any())
+                continue
+            assert g == math.inf or Fraction(g) >= exact
+            if exponents in ((0, 0), (-3, 3)):
+                assert g <= float(exact) * (1 + 3 * gamma(k + 2, torch.float32)) + 1e-30
+
+
+def test_abs_matmul_up_covers_terms_lost_by_float32_summation(monkeypatch):
+    """One 1 and thousands of terms below half its ulp: a float32 sum drops many of them (the
+    a-priori gamma_k term must cover that; random data rarely shows it)."""
+    monkeypatch.setattr(interval, "_FAST_RADIUS_MACS", 0)
+    k = 4096
+    u = torch.full((1, k), 0.99 * 2.0 ** -24, dtype=torch.float64)
+    u[0, 0] = 1.0
+    v = torch.ones(k, 1, dtype=torch.float64)
+    exact = 1 + (k - 1) * Fraction(0.99 * 2.0 ** -24)
+    got = float(abs_matmul_up(u, v))
+    assert exact <= Fraction(got) <= exact * (1 + Fraction(3 * gamma(k, torch.float32)))
 
 
 @SETTINGS
