@@ -162,7 +162,7 @@ def abs_matmul_up(u: Tensor, v: Tensor) -> Tensor:
     s = torch.matmul(u32, v32).to(torch.float64)
     e = 2.0 ** -24
     scale = (1.0 + 1e-12) / ((1.0 - gamma(k, torch.float32)) * (1.0 - e) ** 2)  # 1e-12: this line's own rounding
-    big = float(torch.maximum(u32.amax(), v32.amax())) if u.numel() and v.numel() else 0.0
+    big = float(torch.maximum(u32.amax(), v32.amax()))  # both non-empty: the product is large
     absolute = k * _TINY32 * (2.0 + 2.0 * big + _TINY32)
     return s * scale + absolute * scale
 

@@ -18,7 +18,6 @@ from pcert.compiler.model_builder import build_conv
 from pcert.compiler.torch_model import to_torch
 from pcert.runtime.agt import BudgetPoint, Objective, TrainConfig, certify, train_with_bounds
 from pcert.runtime.agt.training import batch_order
-from pcert.runtime.bounds import interval
 
 
 def _moons(n: int, seed: int):
@@ -258,10 +257,7 @@ def _check_certificates(graph, res, x_test, y_test, q: int, finals):
     return float(cert.certified[q].float().mean())
 
 
-@pytest.mark.parametrize("float32_radius", [False, True])
-def test_attack_campaigns_stay_inside_bounds_and_certificates(monkeypatch, float32_radius):
-    if float32_radius:  # the radius products of large float64 layers, forced on for these small ones
-        monkeypatch.setattr(interval, "_FAST_RADIUS_MACS", 0)
+def test_attack_campaigns_stay_inside_bounds_and_certificates(radius_products):
     graph = build_conv("2 -> 16 -> relu -> 2", seed=1)
     x, y = _moons(120, 2)
     x_test, y_test = _moons(60, 3)
