@@ -25,12 +25,13 @@ a priori. Layers with short input rows run transposed (``_transposed``).
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 import torch
 from torch import Tensor
+
+from pcert.runtime.host_threads import HostThreads
 
 _FINITE_CAP = 1e36  # |d| stays far below float32 overflow, so no inf or NaN arises inside the kernel
 BLOCK = 8  # outputs per task
@@ -451,15 +452,8 @@ def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor,
     (_, b, o), j = coef_hi[0][0].shape, rows[0].shape[2]
     if o > 4 * j:  # short input rows (e.g. a 2-feature input layer): stream the long axis
         return _transposed(coef_hi, coef_lo, rows, keep, kmax)
-    workers = torch.get_num_threads()
-    with ThreadPoolExecutor(workers) as pool:
-        # plain threads (the kernels release the GIL) rather than numba's parallel layer, whose
-        # spinning workers fight torch's OpenMP pool on small machines; tasks write disjoint outputs
-        def run(fn, n_tasks: int, *args) -> None:
-            n = max(1, min(workers, n_tasks))
-            cuts = [n_tasks * w // n for w in range(n + 1)]
-            list(pool.map(lambda w: fn(*args, cuts[w], cuts[w + 1]), range(n)))
-
+    with HostThreads() as threads:
+        run, workers = threads.run, threads.workers
         coef, row_t, dev, r_ext, fac, reach = _layouts(coef_hi, coef_lo, rows, keep, run)
         p = fac.shape[0]
         if not float(reach.max()) <= _FINITE_CAP:  # keeps inf/NaN out of the kernel

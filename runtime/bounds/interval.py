@@ -246,8 +246,13 @@ def linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
     """Bounds of x @ W^T + b (bias [..., out] broadcast over the sample axis).
 
     Rump's midpoint-radius form (exact when either factor is a point); when both factors are
-    intervals it is intersected with the sign-split bounds (exact for sign-definite x or W).
+    intervals it is intersected with the sign-split bounds (exact for sign-definite x or W), or on
+    the CPU replaced by the exact corner sums (``corner_matmul``).
     """
+    if x_lo is not x_hi and w_lo is not w_hi:
+        from . import corner_matmul  # it builds on this module's primitives
+        if corner_matmul.applies(x_lo, w_lo):
+            return corner_matmul.corner_linear_bounds(x_lo, x_hi, w_lo, w_hi, b_lo, b_hi)
     k = x_lo.shape[-1] + 2
     g = 2.0 * gamma(k, x_lo.dtype)
     xm, xr = _split(x_lo, x_hi)
