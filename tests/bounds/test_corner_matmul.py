@@ -85,6 +85,21 @@ def test_corner_bounds_cover_float32_runs_in_any_summation_order():
     assert bool((lo64 <= run.double()).all() and (run.double() <= hi64).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_products_that_underflow_to_zero_are_still_covered(dtype):
+    """24 products each just below half the smallest subnormal round to 0 (and so does the magnitude
+    sum), yet their exact sum is several subnormals: the absolute underflow term must cover it."""
+    k, e_min = 24, {torch.float32: -149, torch.float64: -1074}[dtype]
+    half = e_min // 2
+    x = torch.full((1, 1, k), 2.0 ** half, dtype=dtype)
+    w = torch.full((1, 1, k), 0.9 * 2.0 ** (e_min - 1 - half), dtype=dtype)
+    assert float((x * w).max()) == 0.0  # every product underflows
+    lo, hi = linear_bounds(x, x.clone(), w, w.clone(), None, None)
+    exact = k * Fraction(float(x[0, 0, 0])) * Fraction(float(w[0, 0, 0]))
+    assert Fraction(float(lo)) <= exact <= Fraction(float(hi))
+    assert exact > Fraction(2.0 ** e_min)  # more than the one-ulp outward rounding alone covers
+
+
 def test_corner_bounds_are_never_looser_than_rump_and_sign_split(monkeypatch):
     """The exact corner sums against the torch path (Rump intersected with the sign split) on the same boxes."""
     gen = torch.Generator().manual_seed(1)
