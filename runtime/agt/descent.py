@@ -25,7 +25,7 @@ from torch import Tensor
 from pcert.compiler.graph import Layer
 from pcert.runtime.constants import constant
 from pcert.runtime.bounds.interval import (Bounds, abs_matmul_up, covers_coarser, gamma, matmul_bounds, mid_rad,
-                                           outward, unit_roundoff)
+                                           outward, shared_matmul, unit_roundoff)
 
 from .backward import Factors
 from . import topk_triton
@@ -285,7 +285,7 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     if len(rows_c) == 1:  # exact input: the bounds are mid (x) x +- rad (x) |x| (Rump's form), two matmuls
         x = rows_c[0]
         g_mid, g_rad = (sq(c.g_hi) + sq(c.g_lo)) * 0.5, (sq(c.g_hi) - sq(c.g_lo)) * 0.5
-        s_mid = torch.matmul(g_mid.transpose(1, 2), x).flatten(1)
+        s_mid = shared_matmul(g_mid.transpose(1, 2), x).flatten(1)
         s_rad = abs_matmul_up(g_rad.transpose(1, 2), x).flatten(1)  # an upper bound: only widens
         sum_lo, sum_hi = s_mid - s_rad, s_mid + s_rad
     else:

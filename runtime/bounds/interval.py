@@ -137,6 +137,24 @@ def _abs_terms(wm: Tensor, wr: Tensor | None, g: float) -> tuple[Tensor, Tensor]
     return wr + s * g, s * (1.0 + g)
 
 
+def shared_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for a [(1|P), N, K] (or [N, K]) and b [(1|P), K, M] where one side is shared across the other's
+    budget axis: one GEMM with that axis folded into the other side's rows or columns. torch.matmul
+    would copy the shared side once per budget point and run P smaller GEMMs (a 5-point sweep's
+    784-128-10 input layer: 127 -> 81 ms in float64)."""
+    if a.dim() == 2 and b.dim() == 3:
+        a = a.unsqueeze(0)
+    if a.dim() == 3 and b.dim() == 3 and a.shape[0] != b.shape[0]:
+        if a.shape[0] == 1:
+            p, k, m = b.shape
+            out = torch.matmul(a[0], b.transpose(0, 1).reshape(k, p * m))  # [N, P M]
+            return out.view(-1, p, m).transpose(0, 1).contiguous()
+        if b.shape[0] == 1:
+            p, n, k = a.shape
+            return torch.matmul(a.reshape(p * n, k), b[0]).view(p, n, -1)
+    return torch.matmul(a, b)
+
+
 _FAST_RADIUS_MACS = 1 << 24  # float64 radius products of at least this many multiply-adds run in float32 (CPU)
 _TINY32 = 2.0 ** -126  # float32's smallest normal: covers any flush to zero or gradual underflow
 
@@ -157,9 +175,9 @@ def abs_matmul_up(u: Tensor, v: Tensor) -> Tensor:
     k = u.shape[-1]
     if (u.dtype != torch.float64 or u.device.type != "cpu"
             or u.numel() * v.shape[-1] < _FAST_RADIUS_MACS):
-        return torch.matmul(u.abs(), v.abs())
+        return shared_matmul(u.abs(), v.abs())
     u32, v32 = u.to(torch.float32).abs_(), v.to(torch.float32).abs_()
-    s = torch.matmul(u32, v32).to(torch.float64)
+    s = shared_matmul(u32, v32).to(torch.float64)
     e = 2.0 ** -24
     scale = (1.0 + 1e-12) / ((1.0 - gamma(k, torch.float32)) * (1.0 - e) ** 2)  # 1e-12: this line's own rounding
     big = float(torch.maximum(u32.amax(), v32.amax()))  # both non-empty: the product is large
@@ -259,7 +277,7 @@ def linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
     wm, wr = _split(w_lo, w_hi)
     a, b = _abs_terms(wm, wr, g)
     wt = lambda t: t.transpose(-1, -2)  # noqa: E731
-    mid = torch.matmul(xm, wt(wm))
+    mid = shared_matmul(xm, wt(wm))
     rad = abs_matmul_up(xm, wt(a))
     if xr is not None:
         rad = rad + abs_matmul_up(xr, wt(b))

@@ -15,7 +15,7 @@ from pcert.runtime.bounds.ibp import ibp_layers
 from pcert.runtime.bounds import interval
 from pcert.runtime.bounds.interval import (abs_matmul_up, activation_bounds, activation_grad_bounds, conv2d_bounds,
                                            gamma, linear_bounds, matmul_bounds, mul_bounds, outward,
-                                           shifted_linear_bounds)
+                                           shared_matmul, shifted_linear_bounds)
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -81,6 +81,19 @@ def test_abs_matmul_up_covers_terms_lost_by_float32_summation(monkeypatch):
     exact = 1 + (k - 1) * Fraction(0.99 * 2.0 ** -24)
     got = float(abs_matmul_up(u, v))
     assert exact <= Fraction(got) <= exact * (1 + Fraction(3 * gamma(k, torch.float32)))
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((1, 5, 4), (3, 4, 6)), ((3, 5, 4), (1, 4, 6)), ((5, 4), (3, 4, 6)),
+                                             ((3, 5, 4), (3, 4, 6)), ((1, 5, 4), (1, 4, 6))])
+def test_shared_matmul_equals_broadcast_matmul(a_shape, b_shape):
+    """Folding a shared side's budget axis into one GEMM changes nothing but the summation order."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(a_shape, generator=gen, dtype=torch.float64)
+    b = torch.randn(b_shape[:-2] + b_shape[:-3:-1], generator=gen, dtype=torch.float64).transpose(-1, -2)  # a view
+    got = shared_matmul(a, b)
+    want = torch.matmul(a, b)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
 
 
 @SETTINGS
