@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pcert.runtime.host_threads import HostThreads
 
-from .interval import _COVER, Bounds, gamma, outward
+from .interval import Bounds, gamma, outward, smallest_normal
 
 
 def applies(x_lo: Tensor, w_lo: Tensor) -> bool:
@@ -88,7 +88,7 @@ def corner_linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
     k = x_lo.shape[-1]
     g = gamma(k + 3, dtype)
     scale = 2.0 * g / (1.0 - g) ** 2
-    absolute = (k + 4) * max(torch.finfo(dtype).tiny, _COVER["tiny"])
+    absolute = (k + 4) * smallest_normal(dtype)
     xl, xh, wl, wh = (_host(t, dtype) for t in (x_lo, x_hi, w_lo, w_hi))
     m = wl.shape[1]
     if b_lo is None:

@@ -47,6 +47,11 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return max(torch.finfo(dtype).eps / 2, _COVER["u"])
 
 
+def smallest_normal(dtype: torch.dtype) -> float:
+    """The unit of absolute underflow terms: ``dtype``'s smallest normal, or the covered dtype's."""
+    return max(torch.finfo(dtype).tiny, _COVER["tiny"])
+
+
 def covers_coarser(dtype: torch.dtype) -> bool:
     """Inside ``covering`` of a dtype coarser than ``dtype``: margins must also hold for its runs."""
     return _COVER["u"] > torch.finfo(dtype).eps / 2
