@@ -1,15 +1,24 @@
-"""Plain host threads for numba kernels that release the GIL.
+"""The host side of the numba kernels: their input arrays, and plain threads to run them on.
 
-Rather than numba's parallel layer, whose spinning workers fight torch's OpenMP pool on small
-machines: one thread per torch thread, each running the kernel on its own range of rows (tasks
-write disjoint outputs).
+Threads rather than numba's parallel layer, whose spinning workers fight torch's OpenMP pool on
+small machines: one thread per torch thread, each running a kernel (which releases the GIL) on its
+own range of rows (tasks write disjoint outputs).
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+import numpy as np
 import torch
+from torch import Tensor
+
+
+def host_array(t: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A C-layout host array of ``dtype``; a budget axis broadcast with stride 0 stays one slice (the
+    kernels index a length-1 budget axis at 0 for every point)."""
+    one = t[:1] if t.shape[0] > 1 and t.stride(0) == 0 else t
+    return one.detach().to("cpu", dtype).contiguous().numpy()
 
 
 class HostThreads:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pcert.runtime.host_threads import HostThreads
+from pcert.runtime.host_threads import HostThreads, host_array
 
 _FINITE_CAP = 1e36  # |d| stays far below float32 overflow, so no inf or NaN arises inside the kernel
 BLOCK = 8  # outputs per task
@@ -580,11 +580,10 @@ def _orders(rows, dev, col_on, order, starts, tops, n_inner, i0, i1):  # pragma:
 
 
 def _sources(ts: list[Tensor]) -> tuple[np.ndarray, ...]:
-    """Host arrays of one dtype and C layout (a homogeneous tuple for numba); a broadcast budget axis
-    is kept at length 1 (the layouts index it by point only where it is longer)."""
+    """Host arrays of one dtype (a homogeneous tuple for numba); a broadcast budget axis is kept at
+    length 1 (the layouts index it by point only where it is longer)."""
     dtype = torch.float64 if any(t.dtype != ts[0].dtype for t in ts) else ts[0].dtype
-    one = lambda t: t[:1] if t.shape[0] > 1 and t.stride(0) == 0 else t  # noqa: E731
-    return tuple(one(t).detach().to("cpu", dtype).contiguous().numpy() for t in ts)
+    return tuple(host_array(t, dtype) for t in ts)
 
 
 def _transposed(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],

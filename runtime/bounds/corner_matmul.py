@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pcert.runtime.host_threads import HostThreads
+from pcert.runtime.host_threads import HostThreads, host_array
 
 from .interval import Bounds, gamma, outward, smallest_normal
 
@@ -68,12 +68,6 @@ def _corner_sums(xl, xh, wl, wh, wm, bl, bh, bm, scale, absolute, lo, hi, i0, i1
                 hi[p, i, j] = s_hi + e
 
 
-def _host(t: Tensor, dtype: torch.dtype) -> np.ndarray:
-    """A C-layout host array; a budget axis broadcast with stride 0 stays one slice (the kernel
-    indexes a length-1 axis at 0 for every point)."""
-    return (t[:1] if t.shape[0] > 1 and t.stride(0) == 0 else t).detach().to(dtype).contiguous().numpy()
-
-
 def corner_linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
                          b_lo: Tensor | None, b_hi: Tensor | None) -> Bounds:
     """Bounds of x @ W^T + b, x [P|1, N, K] and W [P|1, M, K] both intervals, b [P|1, M] (see ``applies``).
@@ -89,13 +83,13 @@ def corner_linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
     g = gamma(k + 3, dtype)
     scale = 2.0 * g / (1.0 - g) ** 2
     absolute = (k + 4) * smallest_normal(dtype)
-    xl, xh, wl, wh = (_host(t, dtype) for t in (x_lo, x_hi, w_lo, w_hi))
+    xl, xh, wl, wh = (host_array(t, dtype) for t in (x_lo, x_hi, w_lo, w_hi))
     m = wl.shape[1]
     if b_lo is None:
         bl = bh = np.zeros((1, m), wl.dtype)
     else:
         b_lo, b_hi = b_lo.reshape(-1, m), b_hi.reshape(-1, m)
-        bl, bh = _host(b_lo, dtype), _host(b_hi, dtype)
+        bl, bh = host_array(b_lo, dtype), host_array(b_hi, dtype)
     p = max(x_lo.shape[0], w_lo.shape[0], 1 if b_lo is None else b_lo.shape[0])
     wm, bm = np.maximum(np.abs(wl), np.abs(wh)), np.maximum(np.abs(bl), np.abs(bh))
     lo = np.empty((p, xl.shape[1], m), wl.dtype)
