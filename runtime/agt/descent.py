@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from pcert.compiler.graph import Layer
+from pcert.runtime import triton_support
 from pcert.runtime.constants import constant
 from pcert.runtime.bounds.interval import (Bounds, abs_matmul_up, covers_coarser, gamma, matmul_bounds, mid_rad,
                                            outward, shared_matmul, unit_roundoff)
@@ -246,7 +247,7 @@ def _topk_for(device: torch.device):
     """The fused kernel for the device: numba on the CPU, Triton on CUDA, chunked torch ops elsewhere."""
     if device.type == "cpu":
         return outer_topk
-    return topk_triton.outer_topk_triton if device.type == "cuda" and topk_triton.available() else _streamed_topk
+    return topk_triton.outer_topk_triton if device.type == "cuda" and triton_support.available() else _streamed_topk
 
 
 def _difference_coefs(clean: tuple, poisoned: tuple) -> tuple[list[Tensor], Coefs, Coefs]:

@@ -14,13 +14,14 @@ The products are float32, like the CPU kernel's; the caller's a-priori term cove
 """
 from __future__ import annotations
 
-import importlib.util
 import linecache
 import math
 from functools import cache
 
 import torch
 from torch import Tensor
+
+from pcert.runtime.triton_support import next_pow2
 
 from .topk_kernel import _FINITE_CAP  # the same give-up threshold as on the CPU
 
@@ -83,11 +84,6 @@ def merge_kernel(src_hi, src_lo, out_hi, out_lo, F, SK: tl.constexpr, BLOCK: tl.
 '''
 
 
-def available() -> bool:
-    """Triton is importable (it ships with CUDA builds of torch)."""
-    return importlib.util.find_spec("triton") is not None
-
-
 @cache
 def _kernel(k: int):
     """The kernel for top-k lists of length k: the sorted list is k register tiles, unrolled.
@@ -127,8 +123,8 @@ def outer_topk_triton(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[
     if keep is not None:  # an untouchable row contributes 0, the floor every list starts from
         coef.mul_(keep.view(1, -1, 1, 1, 1, 1))
     rows_t = torch.stack([u.to(torch.float32) for u in rows], 2).contiguous()  # [Q, b, M, J]
-    block_j = min(64, _next_pow2(j))
-    block_o = min(max(1, _TILE // block_j), _next_pow2(o))
+    block_j = min(64, next_pow2(j))
+    block_o = min(max(1, _TILE // block_j), next_pow2(o))
     n_j = -(-j // block_j)
     tiles = -(-o // block_o) * n_j
     sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1
@@ -151,7 +147,3 @@ def outer_topk_triton(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[
     big = coef.abs().amax() * rows_t.abs().amax() * m  # NaN if any NaN
     sound = big <= _FINITE_CAP
     return torch.where(sound, top_hi, math.inf), torch.where(sound, top_lo, -math.inf)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())

@@ -1,12 +1,13 @@
-"""Exact interval products x @ W^T + b when both x and W are intervals, on the CPU (numba).
+"""Exact interval products x @ W^T + b when both x and W are intervals (numba on the CPU, Triton on CUDA).
 
 The range of sum_k x_k W_k over independent intervals is the sum of the terms' ranges, and each
 term's range is the min / max of its four corner products. Summing those is the exact range,
-so it is at least as tight as Rump's midpoint-radius form or the sign-split products (which
-``interval.linear_bounds`` intersects on other devices), and on the CPU it is also faster: one
-pass over x that never forms the [N, 4K] split or the midpoint, radius and magnitude products,
-each an [N, M] tensor with its own element-wise passes. The kernel reduces along K (the
-contiguous axis of both factors) and may reassociate that sum, which the a-priori term covers.
+so it is at least as tight as Rump's midpoint-radius form intersected with the sign-split
+products (``interval.linear_bounds``' fallback), and also faster: one pass over x that never
+forms the [N, 4K] split or the midpoint, radius and magnitude products, each an [N, M] tensor
+with its own element-wise passes. The kernels reduce along K (the contiguous axis of both
+factors) and may reassociate that sum, which the a-priori term covers. CPU and CUDA thus give
+the same bounds up to that term.
 """
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pcert.runtime import triton_support
 from pcert.runtime.host_threads import HostThreads, host_array
 
 from .interval import Bounds, gamma, outward, smallest_normal
 
 
 def applies(x_lo: Tensor, w_lo: Tensor) -> bool:
-    """The kernel's case: host tensors x [P|1, N, K] and W [P|1, M, K] in float32 or float64."""
-    return (x_lo.device.type == "cpu" and x_lo.dim() == 3 and w_lo.dim() == 3
-            and x_lo.dtype in (torch.float32, torch.float64))
+    """The kernels' case: x [P|1, N, K] and W [P|1, M, K] in float32 or float64, on the CPU or on
+    CUDA where Triton is installed."""
+    device = x_lo.device.type
+    return (x_lo.dim() == 3 and w_lo.dim() == 3 and x_lo.dtype in (torch.float32, torch.float64)
+            and (device == "cpu" or (device == "cuda" and triton_support.available())))
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
@@ -83,17 +87,39 @@ def corner_linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
     g = gamma(k + 3, dtype)
     scale = 2.0 * g / (1.0 - g) ** 2
     absolute = (k + 4) * smallest_normal(dtype)
-    xl, xh, wl, wh = (host_array(t, dtype) for t in (x_lo, x_hi, w_lo, w_hi))
-    m = wl.shape[1]
+    m = w_lo.shape[1]
     if b_lo is None:
-        bl = bh = np.zeros((1, m), wl.dtype)
-    else:
-        b_lo, b_hi = b_lo.reshape(-1, m), b_hi.reshape(-1, m)
-        bl, bh = host_array(b_lo, dtype), host_array(b_hi, dtype)
-    p = max(x_lo.shape[0], w_lo.shape[0], 1 if b_lo is None else b_lo.shape[0])
+        b_lo = b_hi = w_lo.new_zeros(1, m, dtype=dtype)
+    b_lo, b_hi = b_lo.reshape(-1, m), b_hi.reshape(-1, m)
+    corner_sums = host_corner_sums if x_lo.device.type == "cpu" else _cuda_corner_sums()
+    pairs = (_aligned(x_lo, x_hi), _aligned(w_lo, w_hi), _aligned(b_lo, b_hi))
+    return outward(*corner_sums(*(t for pair in pairs for t in pair), scale, absolute))
+
+
+def _aligned(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Both ends with one shape, and with a budget axis either both broadcast (stride 0, which the
+    kernels read as one slice for every point) or neither: the kernels index the ends alike."""
+    lo, hi = torch.broadcast_tensors(lo, hi)
+    flat = [t.shape[0] > 1 and t.stride(0) == 0 for t in (lo, hi)]
+    if flat[0] != flat[1]:
+        lo, hi = lo.contiguous(), hi.contiguous()
+    return lo, hi
+
+
+def host_corner_sums(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor, b_lo: Tensor, b_hi: Tensor,
+                     scale: float, absolute: float) -> tuple[Tensor, Tensor]:
+    """The corner sums minus / plus the a-priori term, [P, N, M], by the numba kernel on host threads."""
+    dtype = torch.result_type(x_lo, w_lo)
+    xl, xh, wl, wh, bl, bh = (host_array(t, dtype) for t in (x_lo, x_hi, w_lo, w_hi, b_lo, b_hi))
+    p = max(x_lo.shape[0], w_lo.shape[0], b_lo.shape[0])
     wm, bm = np.maximum(np.abs(wl), np.abs(wh)), np.maximum(np.abs(bl), np.abs(bh))
-    lo = np.empty((p, xl.shape[1], m), wl.dtype)
+    lo = np.empty((p, xl.shape[1], wl.shape[1]), wl.dtype)
     hi = np.empty_like(lo)
     with HostThreads() as threads:
         threads.run(_corner_sums, xl.shape[1], xl, xh, wl, wh, wm, bl, bh, bm, scale, absolute, lo, hi)
-    return outward(torch.from_numpy(lo), torch.from_numpy(hi))
+    return torch.from_numpy(lo), torch.from_numpy(hi)
+
+
+def _cuda_corner_sums():
+    from .corner_triton import corner_sums  # imports Triton
+    return corner_sums

@@ -6,7 +6,6 @@ import torch
 
 from pcert.compiler.model_builder import build_mlp
 from pcert.runtime.agt import BudgetPoint, TrainConfig, graphed, train_with_bounds
-from pcert.runtime.bounds import corner_matmul
 
 from test_topk_kernel import _assert_matches_exact, _random_case
 
@@ -45,9 +44,6 @@ def test_graph_replay_equals_eager_steps(monkeypatch):
     eager = train_with_bounds(graph, x, y, cfg, points, device="cuda")
     for a, b in zip(replayed.lower + replayed.upper + replayed.nominal, eager.lower + eager.upper + eager.nominal):
         assert torch.equal(a, b)
-    # the same bounds as the CPU kernels, up to rounding, where both run the same formulas: interval x
-    # interval layers take the tighter exact corner sums on the CPU only
-    monkeypatch.setattr(corner_matmul, "applies", lambda *a: False)
-    cpu = train_with_bounds(graph, x, y, cfg, points)
+    cpu = train_with_bounds(graph, x, y, cfg, points)  # the same formulas as the CPU kernels, up to rounding
     for a, b in zip(replayed.lower + replayed.upper, cpu.lower + cpu.upper):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)

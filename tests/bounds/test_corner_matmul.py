@@ -1,4 +1,6 @@
-"""Exact corner sums for interval x interval linear layers (CPU kernel): against rational arithmetic."""
+"""Exact corner sums for interval x interval linear layers, against rational arithmetic: the numba
+kernel, and the CUDA (Triton) kernel's code run by Triton's interpreter on the CPU (tests/agt/test_cuda.py
+runs it compiled, on a device)."""
 from __future__ import annotations
 
 import math
@@ -6,12 +8,27 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pcert.runtime.bounds import corner_matmul, interval
 from pcert.runtime.bounds.corner_matmul import corner_linear_bounds
 from pcert.runtime.bounds.interval import covering, gamma, linear_bounds
+
+
+@pytest.fixture(autouse=True, params=["numba", "triton"])
+def kernel(request, monkeypatch):
+    """Every test here runs on both kernels: the Triton one takes the host kernel's place."""
+    if request.param == "triton":
+        pytest.importorskip("triton")
+        from pcert.runtime.bounds import corner_triton
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        corner_triton._kernel.cache_clear()  # decorated again, now for the interpreter
+        monkeypatch.setattr(corner_matmul, "host_corner_sums", corner_triton.corner_sums)
+        yield request.param
+        corner_triton._kernel.cache_clear()
+    else:
+        yield request.param
 
 
 def _box(gen: torch.Generator, shape, dtype, width: float, straddle: bool):
@@ -42,7 +59,7 @@ def _exact_range(x, w, b) -> tuple[list, list]:
     return lo, hi
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1), p=st.integers(1, 2), n=st.integers(1, 4), k=st.integers(1, 24),
        m=st.integers(1, 5), dtype=st.sampled_from([torch.float32, torch.float64]),
        width=st.sampled_from([0.0, 1e-6, 0.3, 3.0]), straddle=st.booleans())
@@ -100,6 +117,17 @@ def test_products_that_underflow_to_zero_are_still_covered(dtype):
     assert exact > Fraction(2.0 ** e_min)  # more than the one-ulp outward rounding alone covers
 
 
+def test_subnormal_inputs_are_not_flushed_to_zero():
+    """A subnormal x times a large W is a normal product (4e-10 here): a kernel that flushed
+    subnormal operands to zero (as GPUs may) would bound it by the underflow term alone."""
+    x = torch.full((1, 1, 4), 1e-40)
+    w = torch.full((1, 1, 4), 1e30)
+    assert 0.0 < float(x[0, 0, 0]) < torch.finfo(torch.float32).tiny
+    lo, hi = linear_bounds(x, x.clone(), w, w.clone(), None, None)
+    exact = 4 * Fraction(float(x[0, 0, 0])) * Fraction(float(w[0, 0, 0]))
+    assert Fraction(float(lo)) <= exact <= Fraction(float(hi))
+
+
 def test_corner_bounds_are_never_looser_than_rump_and_sign_split(monkeypatch):
     """The exact corner sums against the torch path (Rump intersected with the sign split) on the same boxes."""
     gen = torch.Generator().manual_seed(1)
@@ -155,6 +183,21 @@ def test_overflow_and_infinite_inputs_give_infinite_sides_never_nan():
     w_inf = torch.tensor([[[math.inf, 1.0]]])
     lo, hi = linear_bounds(x_lo.abs(), x_hi.abs() + 1, w_inf - 1, w_inf, None, None)
     assert bool((lo == -math.inf).all() and (hi == math.inf).all())
+    for nan_at in (0, 1):  # a NaN end (never produced upstream, but never trusted) loses its output
+        ends = [torch.tensor([[[2.0, 1.0]]]), torch.tensor([[[3.0, 1.0]]])]
+        ends[nan_at][0, 0, 0] = math.nan
+        lo, hi = linear_bounds(*ends, w - 0.5, w + 0.5, None, None)
+        assert lo.item() == -math.inf and hi.item() == math.inf
+
+
+def test_a_bias_far_above_the_terms_keeps_their_sum_covered():
+    """1 + 1000 terms of 3e-8, each below half an ulp of 1 in float32: summed from the bias up, every
+    term rounds away, so the bias's magnitude must enter the rounding term."""
+    b = torch.ones(1, 1)
+    x, w = torch.full((1, 1, 1000), 3e-8), torch.ones(1, 1, 1000)
+    lo, hi = linear_bounds(x, x.clone(), w, w.clone(), b, b.clone())
+    exact = 1 + 1000 * Fraction(float(x[0, 0, 0]))
+    assert Fraction(float(lo)) <= exact <= Fraction(float(hi))
 
 
 def test_interval_module_keeps_the_torch_path_off_the_cpu_kernel_case():
