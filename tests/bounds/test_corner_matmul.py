@@ -16,13 +16,16 @@ from pcert.runtime.bounds.corner_matmul import corner_linear_bounds
 from pcert.runtime.bounds.interval import covering, gamma, linear_bounds
 
 
-@pytest.fixture(autouse=True, params=["numba", "triton"])
+@pytest.fixture(autouse=True, params=["numba", "triton", "triton-split"])
 def kernel(request, monkeypatch):
-    """Every test here runs on both kernels: the Triton one takes the host kernel's place."""
-    if request.param == "triton":
+    """Every test here runs on both kernels: the Triton one takes the host kernel's place, and with
+    its reduction axis cut into slices of 4 (summed apart, then added) where it is longer."""
+    if request.param.startswith("triton"):
         pytest.importorskip("triton")
         from pcert.runtime.bounds import corner_triton
         monkeypatch.setenv("TRITON_INTERPRET", "1")
+        if request.param == "triton-split":
+            monkeypatch.setattr(corner_triton, "_MIN_SLICE", 4)
         corner_triton._kernel.cache_clear()  # decorated again, now for the interpreter
         monkeypatch.setattr(corner_matmul, "host_corner_sums", corner_triton.corner_sums)
         yield request.param
