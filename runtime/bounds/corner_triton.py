@@ -5,7 +5,8 @@ reduction axis K through it, one outer product per k: the four corner products, 
 max, and the magnitude product are formed in registers and added to the tile's sums, so nothing
 of size N x M x K ever reaches memory. Like the CPU kernel it is one pass where Rump's form with
 the sign split is about a dozen GEMMs and element-wise passes, and it gives the exact range. The
-sums run in k order; the caller's a-priori term covers any order.
+sums run in k order, or, where K is long (a batch sum), per slice of K with the slices' sums added
+afterwards; the caller's a-priori term covers any order.
 """
 from __future__ import annotations
 
