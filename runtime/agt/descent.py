@@ -294,6 +294,7 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
     # per-sample differences in float32 (the caller's a-priori term covers their rounding), one budget
     # point at a time so that only one point's coefficients exist at once
     top_lo, top_hi = [], []  # per point: the sum of its own k largest (smallest) differences, [1, F]
+    memo: dict = {}
     for q in range(p):
         pick = lambda t: t[q:q + 1] if t.shape[0] > 1 else t  # noqa: E731
         k = adv.k[q]
@@ -311,7 +312,8 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
             poisoned = _sign_split_coefs(g_lo, g_hi, rows_q[0], rows_q[-1], len(rows_q) == 1)
         rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
         topk = _topk_for(rows[0].device)
-        t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # exactly this point's k: summed as they are
+        reuse = {"memo": memo} if topk is outer_topk else {}  # equal rows across points: laid out once
+        t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k, **reuse)  # exactly this point's k: summed as they are
         top_hi.append(t_hi.sum(1, dtype=sum_hi.dtype))
         top_lo.append(t_lo.sum(1, dtype=sum_lo.dtype))
     lo = sum_lo + torch.cat(top_lo)

@@ -25,6 +25,7 @@ a priori. Layers with short input rows run transposed (``_transposed``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -441,64 +442,108 @@ def _kernel(coef, rows, seeds, fac, dev, r_ext, order, starts, tops, n_inner, co
                     out_lo[p, kk, (o0 + u) * j_n + j] = -best_lo[u, j, kk]
 
 
+@dataclass
+class _RowLayout:
+    """What the kernel derives from the input rows alone (``_layout_rows``, ``_inner_lists``, ``_orders``):
+    the same for every budget point whose rows are equal, as in a sweep over n or m at one eps."""
+    sources: list[Tensor]  # the rows it was made from, with their versions: an in-place change voids it
+    versions: list[int]
+    row_t: np.ndarray
+    dev: np.ndarray
+    r_ext: np.ndarray
+    col_on: np.ndarray
+    row_ptr: np.ndarray
+    row_cols: np.ndarray
+    outer: np.ndarray
+    order: np.ndarray | None = None  # the walk's order: made on first need
+    starts: np.ndarray | None = None
+    tops: np.ndarray | None = None
+    n_inner: np.ndarray | None = None
+
+    def serves(self, rows: list[Tensor]) -> bool:
+        return len(rows) == len(self.sources) and all(
+            s._version == v and (r is s or (r.shape == s.shape and r.dtype == s.dtype and torch.equal(r, s)))
+            for r, s, v in zip(rows, self.sources, self.versions))
+
+
 def outer_topk(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],
-               keep: Tensor | None, kmax: int) -> tuple[Tensor, Tensor]:
+               keep: Tensor | None, kmax: int, memo: dict | None = None) -> tuple[Tensor, Tensor]:
     """kmax largest of max(d_hi, 0) and kmax smallest of min(d_lo, 0) per coordinate, in float32.
 
     rows: M tensors u_m [Q, b, J] (Q = 1 or P); coef_*: per row the coefficients of max(u_m, 0) and
     min(u_m, 0), each [P, b, O]; keep [b] marks the rows the adversary may touch (None: all).
+    memo: a dict the caller keeps across calls whose rows may repeat (the budget points of one
+    layer): the rows' part of the kernel's inputs is made once for equal rows.
     Returns two [P, kmax, O * J] float32 tensors (unsorted), in the layout of ``RunningTopK.values``.
     """
     (_, b, o), j = coef_hi[0][0].shape, rows[0].shape[2]
     if o > 4 * j:  # short input rows (e.g. a 2-feature input layer): stream the long axis
         return _transposed(coef_hi, coef_lo, rows, keep, kmax)
+    memo = {} if memo is None else memo
     with HostThreads() as threads:
         run, workers = threads.run, threads.workers
-        coef, row_t, dev, r_ext, fac, reach = _layouts(coef_hi, coef_lo, rows, keep, run)
+        lay = memo.get("rows")
+        if lay is None or not lay.serves(rows):
+            lay = memo["rows"] = _row_layout(rows, run)
+        coef, fac, reach = _coef_layouts(coef_hi, coef_lo, lay.dev, lay.r_ext, keep, run)
         p = fac.shape[0]
         if not float(reach.max()) <= _FINITE_CAP:  # keeps inf/NaN out of the kernel
             inf = torch.full((p, kmax, o * j), math.inf)
             return inf, -inf
         n_seeds = b if b * o * j <= _DENSE_ELEMENTS else min(b, max(_SEEDS * kmax, _MIN_SEEDS))  # small layers: all
-        col_on, row_ptr, row_cols, outer = _inner_lists(row_t, dev, max(1, int(_LISTED * b)))
-        q, walked = row_t.shape[0], n_seeds < b  # all seeded: the last pass has nothing to walk
-        order, n_inner = np.empty((q, b, j * walked), np.int32), np.zeros((q, b), np.int32)
-        starts = np.zeros((q, b, _BUCKETS * walked + 1), np.int32)
-        tops = np.empty((q, b, _BUCKETS * walked), np.float32)
-        if walked:
-            run(_orders, b, row_t, dev, col_on, order, starts, tops, n_inner)
+        q = lay.row_t.shape[0]
+        if n_seeds < b and lay.order is None:  # some samples are walked: their order
+            lay.order, lay.n_inner = np.empty((q, b, j), np.int32), np.zeros((q, b), np.int32)
+            lay.starts, lay.tops = np.zeros((q, b, _BUCKETS + 1), np.int32), np.empty((q, b, _BUCKETS), np.float32)
+            run(_orders, b, lay.row_t, lay.dev, lay.col_on, lay.order, lay.starts, lay.tops, lay.n_inner)
+        order, starts, tops, n_inner = ((lay.order, lay.starts, lay.tops, lay.n_inner) if n_seeds < b else
+                                        (np.empty((q, b, 0), np.int32), np.zeros((q, b, 1), np.int32),
+                                         np.empty((q, b, 0), np.float32), np.zeros((q, b), np.int32)))
         seeds = torch.from_numpy(reach).topk(n_seeds, -1, sorted=False).indices  # [P, O, s]
         block = min(BLOCK, -(-o // -(-workers // p)))  # at least one task per worker where outputs allow
         out_hi = np.empty((p, kmax, o * j), np.float32)
         out_lo = np.empty((p, kmax, o * j), np.float32)
         with torch.profiler.record_function("pcert::topk_kernel"):  # visible in bench/profile_agt.py
-            run(_kernel, p * -(-o // block), coef, row_t, seeds.numpy(), fac, dev, r_ext, order, starts, tops, n_inner,
-                col_on, outer, row_ptr, row_cols, kmax, j // _GATHER_COST, block, out_hi, out_lo)
+            run(_kernel, p * -(-o // block), coef, lay.row_t, seeds.numpy(), fac, lay.dev, lay.r_ext, order, starts,
+                tops, n_inner, lay.col_on, lay.outer, lay.row_ptr, lay.row_cols, kmax, j // _GATHER_COST, block,
+                out_hi, out_lo)
     return torch.from_numpy(out_hi), torch.from_numpy(out_lo)
 
 
-def _layouts(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],
-             keep: Tensor | None = None, run=None) -> tuple[np.ndarray, ...]:
-    """The kernel's inputs (``outer_topk``'s arguments): coefficients [P, b, O, 2, M, 2] and rows
-    [Q, b, M, J] in its layout, D per sample [Q, b], per-tile row extents [Q, b, tiles, 4], bound
-    factors [P, b, O, 16] (zero for samples not kept) and each (sample, output)'s largest bound
-    [P, O, b]. ``run(fn, n, *args)`` calls fn(*args, first, last) over samples 0..n-1
-    (default: in one call)."""
-    (_, b, o), m, j = coef_hi[0][0].shape, len(rows), rows[0].shape[2]
-    p = max(c.shape[0] for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair)
-    q = max(u.shape[0] for u in rows)
-    run = run or (lambda fn, n, *args: fn(*args, 0, n))
-    coef = np.empty((p, b, o, 2, m, 2), np.float32)
+def _row_layout(rows: list[Tensor], run) -> _RowLayout:
+    """The rows [Q, b, M, J] in the kernel's layout, D per sample [Q, b], per-tile row extents
+    [Q, b, tiles, 4], and the lists of inputs within D of 0 (``_inner_lists``)."""
+    (q, b), m, j = (max(u.shape[0] for u in rows), rows[0].shape[1]), len(rows), rows[0].shape[2]
     row_t = np.empty((q, b, m, j), np.float32)
     dev = np.empty((q, b), np.float32)
     r_ext = np.empty((q, b, -(-j // _TILE), 4), np.float32)
+    run(_layout_rows, b, _sources(rows), row_t, dev, r_ext)
+    col_on, row_ptr, row_cols, outer = _inner_lists(row_t, dev, max(1, int(_LISTED * b)))
+    return _RowLayout(list(rows), [u._version for u in rows], row_t, dev, r_ext, col_on, row_ptr, row_cols, outer)
+
+
+def _coef_layouts(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], dev: np.ndarray,
+                  r_ext: np.ndarray, keep: Tensor | None, run) -> tuple[np.ndarray, ...]:
+    """Coefficients [P, b, O, 2, M, 2] in the kernel's layout, bound factors [P, b, O, 16] (zero for
+    samples not kept) and each (sample, output)'s largest bound [P, O, b]."""
+    (_, b, o), m = coef_hi[0][0].shape, len(coef_hi)
+    p = max(c.shape[0] for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair)
+    coef = np.empty((p, b, o, 2, m, 2), np.float32)
     fac = np.empty((p, b, o, 16), np.float32)
     reach = np.empty((p, o, b), np.float32)
-    run(_layout_rows, b, _sources(rows), row_t, dev, r_ext)
     keep_np = np.ones(b, np.bool_) if keep is None else keep.cpu().numpy()
     run(_layout_coefs, b, _sources([c for coefs in (coef_hi, coef_lo) for pair in coefs for c in pair]),
         dev, r_ext, keep_np, coef, fac, reach)
-    return coef, row_t, dev, r_ext, fac, reach
+    return coef, fac, reach
+
+
+def _layouts(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[Tensor, Tensor]], rows: list[Tensor],
+             keep: Tensor | None = None) -> tuple[np.ndarray, ...]:
+    """The kernel's inputs in one call, for tests: coef, rows, D, row extents, factors and reach."""
+    run = lambda fn, n, *args: fn(*args, 0, n)  # noqa: E731
+    lay = _row_layout(rows, run)
+    coef, fac, reach = _coef_layouts(coef_hi, coef_lo, lay.dev, lay.r_ext, keep, run)
+    return coef, lay.row_t, lay.dev, lay.r_ext, fac, reach
 
 
 @numba.njit(nogil=True, cache=True)

@@ -205,6 +205,39 @@ def test_inputs_near_zero_are_evaluated_before_the_pass_that_skips_them():
     assert hi.flatten().tolist() == [10.0, 5.0]
 
 
+def test_rows_laid_out_once_serve_every_call_with_equal_rows_and_only_those():
+    """The memo a layer keeps across its budget points: a call with equal rows (another tensor with the
+    same values) reuses the rows' layout, rows with other values or changed in place do not, and every
+    call's top-k equals a fresh call's."""
+    coefs, rows, _, kk = _random_case(3, 1, True, 4, 3, False, False, (3, 150), near=True)
+    other_coefs, other_rows, _, _ = _random_case(4, 1, True, 4, 3, False, False, (3, 150), near=True)
+    memo = {}
+    with mock.patch.multiple(topk_kernel, _MIN_SEEDS=0, _SEEDS=1, _DENSE_ELEMENTS=0):  # walked: orders are made
+        def call(cs, rs):
+            (hi, us), (lo, _) = _split(cs[0].float(), rs.float()), _split(cs[1].float(), rs.float())
+            got = outer_topk(hi, lo, us, None, kk, memo=memo)
+            fresh = outer_topk(hi, lo, us, None, kk)
+            assert all(torch.equal(a, b) for a, b in zip(got, fresh))
+            return us
+        us = call(coefs, rows)
+        first = memo["rows"]
+        assert first.order is not None
+        call(other_coefs, rows.clone())  # equal rows, other coefficients
+        assert memo["rows"] is first
+        call(coefs, other_rows)
+        assert memo["rows"] is not first
+        (hi, us), (lo, _) = _split(coefs[0].float(), other_rows.float()), _split(coefs[1].float(), other_rows.float())
+        memo.clear()
+        outer_topk(hi, lo, us, None, kk, memo=memo)
+        own = memo["rows"]
+        outer_topk(hi, lo, us, None, kk, memo=memo)
+        assert memo["rows"] is own  # the very tensors
+        us[0].mul_(2.0)  # changed in place: still the very tensors, but the layout is stale
+        got = outer_topk(hi, lo, us, None, kk, memo=memo)
+        assert memo["rows"] is not own
+        assert all(torch.equal(a, b) for a, b in zip(got, outer_topk(hi, lo, us, None, kk)))
+
+
 @pytest.fixture()
 def interpreted_triton(monkeypatch):
     """The Triton kernel run by Triton's interpreter on the CPU: the CUDA kernel's code, indexing
