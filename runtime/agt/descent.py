@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -243,10 +244,11 @@ def _streamed_topk(coef_hi: Coefs, coef_lo: Coefs, rows: list[Tensor], keep: Ten
     return best_hi.values().transpose(1, 2), best_lo.values().transpose(1, 2)
 
 
-def _topk_for(device: torch.device):
-    """The fused kernel for the device: numba on the CPU, Triton on CUDA, chunked torch ops elsewhere."""
+def _topk_for(device: torch.device, memo: dict):
+    """The fused kernel for the device: numba on the CPU (keeping the rows' layout in ``memo`` across
+    the calls of one layer), Triton on CUDA, chunked torch ops elsewhere."""
     if device.type == "cpu":
-        return outer_topk
+        return partial(outer_topk, memo=memo)
     return topk_triton.outer_topk_triton if device.type == "cuda" and triton_support.available() else _streamed_topk
 
 
@@ -311,9 +313,8 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
             rows_q = clean[0]
             poisoned = _sign_split_coefs(g_lo, g_hi, rows_q[0], rows_q[-1], len(rows_q) == 1)
         rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
-        topk = _topk_for(rows[0].device)
-        reuse = {"memo": memo} if topk is outer_topk else {}  # equal rows across points: laid out once
-        t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k, **reuse)  # exactly this point's k: summed as they are
+        topk = _topk_for(rows[0].device, memo)  # equal rows across points: laid out once
+        t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # exactly this point's k: summed as they are
         top_hi.append(t_hi.sum(1, dtype=sum_hi.dtype))
         top_lo.append(t_lo.sum(1, dtype=sum_lo.dtype))
     lo = sum_lo + torch.cat(top_lo)

@@ -21,7 +21,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from pcert.runtime.triton_support import next_pow2
+from pcert.runtime.triton_support import multiprocessors, next_pow2
 
 from .topk_kernel import _FINITE_CAP  # the same give-up threshold as on the CPU
 
@@ -127,7 +127,7 @@ def outer_topk_triton(coef_hi: list[tuple[Tensor, Tensor]], coef_lo: list[tuple[
     block_o = min(max(1, _TILE // block_j), next_pow2(o))
     n_j = -(-j // block_j)
     tiles = -(-o // block_o) * n_j
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1
+    sms = multiprocessors(dev)
     splits = max(1, min(-(-_PROGRAMS_PER_SM * sms // (tiles * p)), b // _MIN_SAMPLES_PER_PROGRAM))
     per_split = -(-b // (splits * _SPLIT_STEP)) * _SPLIT_STEP  # a compile-time constant: few distinct values
     splits = -(-b // per_split)

@@ -19,6 +19,7 @@ from torch import Tensor
 from pcert.runtime import triton_support
 from pcert.runtime.host_threads import HostThreads, host_array
 
+from . import corner_triton  # imports Triton only when its kernel is first built
 from .interval import Bounds, gamma, outward, smallest_normal
 
 
@@ -91,35 +92,34 @@ def corner_linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
     if b_lo is None:
         b_lo = b_hi = w_lo.new_zeros(1, m, dtype=dtype)
     b_lo, b_hi = b_lo.reshape(-1, m), b_hi.reshape(-1, m)
-    corner_sums = host_corner_sums if x_lo.device.type == "cpu" else _cuda_corner_sums()
+    points = max(x_lo.shape[0], w_lo.shape[0], b_lo.shape[0])
+    corner_sums = host_corner_sums if x_lo.device.type == "cpu" else corner_triton.corner_sums
     pairs = (_aligned(x_lo, x_hi), _aligned(w_lo, w_hi), _aligned(b_lo, b_hi))
-    return outward(*corner_sums(*(t for pair in pairs for t in pair), scale, absolute))
+    return outward(*corner_sums(*(t for pair in pairs for t in pair), points, scale, absolute))
 
 
 def _aligned(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Both ends with one shape, and with a budget axis either both broadcast (stride 0, which the
-    kernels read as one slice for every point) or neither: the kernels index the ends alike."""
+    """Both ends with one shape and a budget axis the kernels index alike: of length 1 where both
+    ends are broadcast along it (stride 0; the kernels read a length-1 axis for every point), in
+    memory where only one is."""
     lo, hi = torch.broadcast_tensors(lo, hi)
     flat = [t.shape[0] > 1 and t.stride(0) == 0 for t in (lo, hi)]
-    if flat[0] != flat[1]:
-        lo, hi = lo.contiguous(), hi.contiguous()
+    if flat[0] and flat[1]:
+        return lo[:1], hi[:1]
+    if flat[0] or flat[1]:
+        return lo.contiguous(), hi.contiguous()
     return lo, hi
 
 
 def host_corner_sums(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor, b_lo: Tensor, b_hi: Tensor,
-                     scale: float, absolute: float) -> tuple[Tensor, Tensor]:
-    """The corner sums minus / plus the a-priori term, [P, N, M], by the numba kernel on host threads."""
+                     points: int, scale: float, absolute: float) -> tuple[Tensor, Tensor]:
+    """The corner sums minus / plus the a-priori term, [points, N, M], by the numba kernel on host threads."""
     dtype = torch.result_type(x_lo, w_lo)
     xl, xh, wl, wh, bl, bh = (host_array(t, dtype) for t in (x_lo, x_hi, w_lo, w_hi, b_lo, b_hi))
-    p = max(x_lo.shape[0], w_lo.shape[0], b_lo.shape[0])
+    p = points
     wm, bm = np.maximum(np.abs(wl), np.abs(wh)), np.maximum(np.abs(bl), np.abs(bh))
     lo = np.empty((p, xl.shape[1], wl.shape[1]), wl.dtype)
     hi = np.empty_like(lo)
     with HostThreads() as threads:
         threads.run(_corner_sums, xl.shape[1], xl, xh, wl, wh, wm, bl, bh, bm, scale, absolute, lo, hi)
     return torch.from_numpy(lo), torch.from_numpy(hi)
-
-
-def _cuda_corner_sums():
-    from .corner_triton import corner_sums  # imports Triton
-    return corner_sums

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pcert.runtime.constants import constant
-from pcert.runtime.triton_support import next_pow2
+from pcert.runtime.triton_support import multiprocessors, next_pow2
 
 _TILE_ELEMENTS = 1024  # samples x outputs per program at most: 8 per thread of 4 warps, each with 3 sums
 _MAX_BLOCK_M = 32
@@ -76,23 +76,23 @@ def _kernel():
 
 
 def corner_sums(xl: Tensor, xh: Tensor, wl: Tensor, wh: Tensor, bl: Tensor, bh: Tensor,
-                scale: float, absolute: float) -> tuple[Tensor, Tensor]:
+                points: int, scale: float, absolute: float) -> tuple[Tensor, Tensor]:
     """The corner sums of x [P|1, N, K] W^T [P|1, M, K] + b [P|1, M] minus / plus the a-priori term
-    scale * sum_k max|x_k| max|W_k| (+ the bias's magnitude) + absolute, as [P, N, M] tensors.
+    scale * sum_k max|x_k| max|W_k| (+ the bias's magnitude) + absolute, as [P, N, M] tensors
+    (P = points).
 
     The two term factors travel as a tensor of the bounds' dtype: a Python float argument would
     reach the kernel as float32, rounding ``scale`` and flushing a float64 ``absolute`` to zero.
     """
-    dtype, dev = torch.result_type(xl, wl), xl.device
-    p = max(xl.shape[0], wl.shape[0], bl.shape[0])
-    xl, xh, wl, wh, bl, bh = (_one_if_broadcast(t).to(dtype).contiguous() for t in (xl, xh, wl, wh, bl, bh))
+    dtype, dev, p = torch.result_type(xl, wl), xl.device, points
+    xl, xh, wl, wh, bl, bh = (t.to(dtype).contiguous() for t in (xl, xh, wl, wh, bl, bh))
     (_, n, k), m = xl.shape, wl.shape[1]
     lo = torch.empty(p, n, m, dtype=dtype, device=dev)
     hi = torch.empty_like(lo)
     terms = constant((scale, absolute), dtype, dev)  # uploaded once (no copy inside a captured graph)
     block_m = min(_MAX_BLOCK_M, next_pow2(m))
     block_n = _TILE_ELEMENTS // block_m
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1
+    sms = multiprocessors(dev)
     programs = lambda: -(-n // block_n) * -(-m // block_m) * p  # noqa: E731
     while block_n > _MIN_BLOCK_N and programs() < _PROGRAMS_PER_SM * sms:
         block_n //= 2  # smaller tiles where the outputs are few: every SM gets programs
@@ -113,8 +113,3 @@ def corner_sums(xl: Tensor, xh: Tensor, wl: Tensor, wh: Tensor, bl: Tensor, bh: 
         torch.sub(s_lo + bl.unsqueeze(1), err, out=lo)
         torch.add(s_hi + bh.unsqueeze(1), err, out=hi)
     return lo, hi
-
-
-def _one_if_broadcast(t: Tensor) -> Tensor:
-    """A budget axis broadcast with stride 0 stays one slice (the kernel reads it for every point)."""
-    return t[:1] if t.shape[0] > 1 and t.stride(0) == 0 else t

@@ -269,8 +269,8 @@ def linear_bounds(x_lo: Tensor, x_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
     """Bounds of x @ W^T + b (bias [..., out] broadcast over the sample axis).
 
     Rump's midpoint-radius form (exact when either factor is a point); when both factors are
-    intervals it is intersected with the sign-split bounds (exact for sign-definite x or W), or on
-    the CPU replaced by the exact corner sums (``corner_matmul``).
+    intervals it is intersected with the sign-split bounds (exact for sign-definite x or W), or,
+    where ``corner_matmul.applies`` (CPU; CUDA with Triton), replaced by the exact corner sums.
     """
     if x_lo is not x_hi and w_lo is not w_hi:
         from . import corner_matmul  # it builds on this module's primitives

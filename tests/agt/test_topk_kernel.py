@@ -315,7 +315,7 @@ def test_training_with_the_accelerator_top_k_matches_the_cpu_kernel(monkeypatch,
     points = [BudgetPoint(n=3, eps=0.05), BudgetPoint(m=2), BudgetPoint(n=1, eps=0.02, m=1, paired=True)]
     kernel = train_with_bounds(graph, x, y, cfg, points)
     fn = descent._streamed_topk if accelerated == "streamed" else request.getfixturevalue("interpreted_triton")
-    monkeypatch.setattr(descent, "_topk_for", lambda device: fn)
+    monkeypatch.setattr(descent, "_topk_for", lambda device, memo: fn)
     streamed = train_with_bounds(graph, x, y, cfg, points)
     for a, b in zip(kernel.lower + kernel.upper, streamed.lower + streamed.upper):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
