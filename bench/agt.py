@@ -39,6 +39,12 @@ CASES = {
 }
 
 
+def case_points(name: str, one_budget: bool = False) -> list[dict]:
+    """A case's budget points; ``one_budget``: a sweep's single point of comparison (n = 10, eps = 0.01)."""
+    points = CASES[name]["points"]
+    return points[2:3] if one_budget and name == "sweep" else points
+
+
 def _data(spec, seed=0):
     from pcert.compiler.model_builder import build_conv, build_mlp
     graph = build_mlp(spec["arch"], seed=0) if isinstance(spec["arch"], list) else build_conv(spec["arch"], seed=0)
@@ -91,7 +97,7 @@ def _run_case(name, method, device, steps, queue):
         out["step_s"] = out["max_s"] = _plain_step_seconds(graph, x, y, spec["batch"], device)
         out["warm_s"] = math.nan
     else:
-        points = spec["points"] if name != "sweep" or method.endswith("x5") else spec["points"][2:3]
+        points = case_points(name, one_budget=method == "ibp x1")
         out["step_s"], out["max_s"], out["warm_s"] = _agt_step_seconds(graph, x, y, spec, points,
                                                                        method.split(" ")[0], device, steps)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

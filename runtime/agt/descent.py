@@ -22,6 +22,7 @@ from functools import partial
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from pcert.compiler.graph import Layer
 from pcert.runtime import triton_support
@@ -314,7 +315,8 @@ def _linear_topk(lg: LayerGrads, adv: Adversary) -> Bounds:
             poisoned = _sign_split_coefs(g_lo, g_hi, rows_q[0], rows_q[-1], len(rows_q) == 1)
         rows, d_lo, d_hi = _difference_coefs(clean, poisoned)
         topk = _topk_for(rows[0].device, memo)  # equal rows across points: laid out once
-        t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # exactly this point's k: summed as they are
+        with record_function("pcert::topk"):  # layouts and kernel (bench/profile_agt.py)
+            t_hi, t_lo = topk(d_hi, d_lo, rows, adv.untrusted, k)  # exactly this point's k: summed as they are
         top_hi.append(t_hi.sum(1, dtype=sum_hi.dtype))
         top_lo.append(t_lo.sum(1, dtype=sum_lo.dtype))
     lo = sum_lo + torch.cat(top_lo)

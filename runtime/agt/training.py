@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function as phase  # names a step's parts for bench/profile_agt.py
 
 from pcert.compiler.graph import LayerGraph
 from pcert.compiler.torch_model import to_torch
@@ -308,45 +309,47 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         captured replay (``graphed.GraphedSteps``) reads and writes the same tensors."""
         b = idx.numel()
         yb, ybc = yt[idx], yc[idx]
-        # nominal step (point arithmetic, the same recurrences as autograd)
-        xn = x_nom[idx]
-        outs = forward_point(sub, sub_slots, nominal[first_train:], xn)
-        g_nom = loss_grad(cfg.loss, outs[top - start], yb)
-        nfac = backward_point(sub, sub_slots, 0, top - start, outs, xn, nominal[first_train:], g_nom)
-        # clean bounds over the parameter box
-        if clean_in is None:
-            xb = xc[idx].unsqueeze(0)
-            cin = (xb, xb)
-        else:
-            cin = (clean_in[0][:, idx], clean_in[1][:, idx])
-        tlo, thi = plo[first_train:], phi[first_train:]
-        fwd = fwd_fn(sub, tlo, thi, *cin)
-        z_lo, z_hi = fwd[top - start]
-        g_clean = loss_grad_bounds(cfg.loss, z_lo, z_hi, ybc)
-        cf = backward_bounds(sub, sub_slots, 0, top - start, fwd, cin, tlo, thi, g_clean, onehot)
+        with phase("pcert::nominal_step"):  # point arithmetic, the same recurrences as autograd
+            xn = x_nom[idx]
+            outs = forward_point(sub, sub_slots, nominal[first_train:], xn)
+            g_nom = loss_grad(cfg.loss, outs[top - start], yb)
+            nfac = backward_point(sub, sub_slots, 0, top - start, outs, xn, nominal[first_train:], g_nom)
+        with phase("pcert::clean_bounds"):  # over the parameter box
+            if clean_in is None:
+                xb = xc[idx].unsqueeze(0)
+                cin = (xb, xb)
+            else:
+                cin = (clean_in[0][:, idx], clean_in[1][:, idx])
+            tlo, thi = plo[first_train:], phi[first_train:]
+            fwd = fwd_fn(sub, tlo, thi, *cin)
+            z_lo, z_hi = fwd[top - start]
+            g_clean = loss_grad_bounds(cfg.loss, z_lo, z_hi, ybc)
+            cf = backward_bounds(sub, sub_slots, 0, top - start, fwd, cin, tlo, thi, g_clean, onehot)
         pf: dict[int, Factors] | None = None
-        if needs_poison:
-            if feature_poison:
-                pin = (_poisoned_input(cin[0], eps_per_point) if pois_in is None  # cin: the clean batch
-                       else (pois_in[0][:, idx], pois_in[1][:, idx]))
-                pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved, dtype, shift)
-            else:
-                pin, pfwd = cin, fwd
-            pz_lo, pz_hi = pfwd[top - start]
-            if all(lm is None for lm in labels):
-                g_pois = loss_grad_bounds(cfg.loss, pz_lo, pz_hi, ybc)
-            else:
-                gs = [loss_grad_bounds(cfg.loss, pz_lo[q], pz_hi[q], ybc, labels[q]) for q in range(p)]
-                g_pois = (torch.stack([g[0] for g in gs]), torch.stack([g[1] for g in gs]))
-            pf = backward_bounds(sub, sub_slots, 0, top - start, pfwd, pin, tlo, thi, g_pois,
-                                 onehot and all(lm is None or lm.norm == "0" for lm in labels))
+        with phase("pcert::poisoned_bounds"):
+            if needs_poison:
+                if feature_poison:
+                    pin = (_poisoned_input(cin[0], eps_per_point) if pois_in is None  # cin: the clean batch
+                           else (pois_in[0][:, idx], pois_in[1][:, idx]))
+                    pfwd = _moved_forward(fwd_fn, sub, tlo, thi, pin, fwd, moved, dtype, shift)
+                else:
+                    pin, pfwd = cin, fwd
+                pz_lo, pz_hi = pfwd[top - start]
+                if all(lm is None for lm in labels):
+                    g_pois = loss_grad_bounds(cfg.loss, pz_lo, pz_hi, ybc)
+                else:
+                    gs = [loss_grad_bounds(cfg.loss, pz_lo[q], pz_hi[q], ybc, labels[q]) for q in range(p)]
+                    g_pois = (torch.stack([g[0] for g in gs]), torch.stack([g[1] for g in gs]))
+                pf = backward_bounds(sub, sub_slots, 0, top - start, pfwd, pin, tlo, thi, g_pois,
+                                     onehot and all(lm is None or lm.norm == "0" for lm in labels))
         layer_ids = sorted(cf)
         grads = [LayerGrads(sub.layers[i], cf[i], pf[i] if pf is not None else None, nfac[i],
                             sub_slots[i][1] is not None) for i in layer_ids]
         n_untrusted = b if untrusted_all is None else int(untrusted_np[idx_np].sum())
         adv = Adversary([min(k, n_untrusted) for k in budgets], [pt.kind == "unbounded" for pt in points],
                         cfg.clip, cfg.clip_method, None if untrusted_all is None else untrusted_all[idx], moved)
-        sums, nom_sums = descent_sums(grads, adv)
+        with phase("pcert::descent_sums"):
+            sums, nom_sums = descent_sums(grads, adv)
         d_lo, d_hi, d_nom = [], [], []
         for i, (s_lo, s_hi), s_n in zip(layer_ids, sums, nom_sums):
             wi, bi = sub_slots[i]
