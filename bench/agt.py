@@ -10,7 +10,9 @@ An AGT step's cost changes along training (the pruning of the top-k depends on t
 table gives the mean and the slowest of the timed steps, never a median that could hide slow ones.
 The warm-up steps are timed apart ('warm-up [s]', their total): the first step (kernels compiled,
 caches filled) and, on CUDA, the second, which captures the step as a CUDA graph that later steps
-replay.
+replay. The sweep line splits its step into shared work S and work per point P (one budget costs
+S + P, five S + 5 P; P is the mean over the four added points): the sweep is at most 2x one budget
+only where P <= S / 3.
 """
 from __future__ import annotations
 
@@ -142,7 +144,10 @@ def main() -> None:
             print(f"{name:8s} {r['method']:16s} {r['step_s']:10.4f} {r['step_s'] / plain:8.1f} {r['max_s']:9.4f} "
                   f"{warm:>12s} {r['peak_rss_mib']:13.0f} {r['peak_cuda_mib']:14.0f}")
         if name == "sweep":
-            print(f"{'':8s} 5-point sweep / one budget = {rows[2]['step_s'] / rows[1]['step_s']:.2f}")
+            one, five = rows[1]["step_s"], rows[2]["step_s"]
+            per_point = (five - one) / 4  # one = S + P, five = S + 5 P
+            print(f"{'':8s} 5-point sweep / one budget = {five / one:.2f}; per point P = {per_point:.4f} s, "
+                  f"shared S = {one - per_point:.4f} s (2x needs P <= S / 3)")
 
 
 if __name__ == "__main__":
