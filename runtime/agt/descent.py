@@ -4,15 +4,17 @@ Both have the form  sum_i U_i + SEMax_k{ U~_i - U_i }  (upper; lower with SEMin)
 the clean per-sample gradient over the parameter box and U~_i the poisoned one; an unbounded
 adversary replaces a point by anything, i.e. U~_i = kappa after clipping (Thm B.1 rewritten:
 SEMax_{b-n}{U} + n kappa = sum U + SEMax_n{kappa - U}). Any per-sample bounds U_i work as long
-as the sum and the differences use the same ones (in exact arithmetic; rounding is covered).
-Without clipping the sums are matmuls over (batch x positions): Rump's form, or for linear layers
-the sign-split products, whose per-sample differences (float32) go through a fused top-k kernel
-(topk_kernel.py on the CPU, topk_triton.py on CUDA), each budget point with its own k. Other
-layers stream the batch in chunks with a running torch.topk (memory ~(k + chunk) x |theta| per
-budget point). Differences are clamped at
-0, since the adversary may leave a point alone. Floating-point error of everything computed
-outside interval.py is bounded a priori: gamma * sum_i |G_i| |X_i|^T (one more matmul) for
-streamed layers; for linear layers batch maxima suffice (see ``_linear_error``).
+as the sum and the differences use the same ones (in exact arithmetic; rounding is covered): a
+tighter sum, such as Rump's batch product intersected with the sign split, can drop a poisoned
+sample's own excess of its clean bound. Linear layers without clipping take both from sign-split
+products: the sums as matmuls over the batch, the per-sample differences (float32) through a fused
+top-k kernel (topk_kernel.py on the CPU, topk_triton.py on CUDA), each budget point with its own k.
+Other layers stream the batch in chunks, summing the per-sample bounds (``_position_sums``: the
+exact range per sample wherever a corner kernel runs) and keeping a running torch.topk of the
+differences (memory ~(k + chunk) x |theta| per budget point). Differences are clamped at 0, since
+the adversary may leave a point alone. Floating-point error of everything computed outside
+interval.py is bounded a priori: gamma * sum_i |G_i| |X_i|^T (one more matmul) for streamed
+layers; for linear layers batch maxima suffice (see ``_linear_error``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from torch.profiler import record_function
 from pcert.compiler.graph import Layer
 from pcert.runtime import triton_support
 from pcert.runtime.constants import constant
+from pcert.runtime.bounds import corner_matmul
 from pcert.runtime.bounds.interval import (Bounds, abs_matmul_up, covers_coarser, gamma, matmul_bounds, mid_rad,
                                            outward, shared_matmul, unit_roundoff)
 
@@ -96,11 +99,31 @@ def _mag_sum(grads: LayerGrads) -> Tensor:
     return m
 
 
+def _position_sums(g_lo: Tensor, g_hi: Tensor, x_lo: Tensor, x_hi: Tensor, exact_x: bool) -> Bounds:
+    """Per-sample sums over positions of g (x) x: [P, c, G, r, L] and [P|1, c, G, col, L] -> [P, c, G, r, col].
+
+    Rump's midpoint-radius product when x is exact (then it is the exact range) or where no corner
+    kernel runs (at most 1.5x wider); otherwise the exact corner sums, one product per sample and
+    group (``corner_matmul``, with its own rounding term).
+    """
+    p, c, groups, r, positions = g_lo.shape
+    flat = lambda t: t.expand(p, *t.shape[1:]).reshape(p * c * groups, t.shape[3], positions)  # noqa: E731
+    if not exact_x and corner_matmul.applies(g_lo[0, 0], x_lo[0, 0]):  # [G, r, L]: the kernels' dtype and device
+        lo, hi = corner_matmul.corner_linear_bounds(flat(g_lo), flat(g_hi), flat(x_lo), flat(x_hi), None, None)
+        return lo.view(p, c, groups, r, -1), hi.view(p, c, groups, r, -1)
+    gm, gr = mid_rad(g_lo, g_hi)
+    xm, xr = (x_lo, None) if exact_x else mid_rad(x_lo, x_hi)
+    mm = lambda u, v: u @ v.transpose(-1, -2)  # noqa: E731
+    mid = mm(gm, xm)
+    rad = mm(gr, xm.abs()) if xr is None else mm(gm.abs(), xr) + mm(gr, xm.abs() + xr)
+    return mid - rad, mid + rad
+
+
 def _dense(f: Factors, sl: slice, bias: bool) -> Bounds:
     """Per-sample bounds [P, c, F] of the samples in ``sl`` (weights flattened, then bias).
 
-    Linear layers (L = 1) use the exact interval product (corner min/max); convolutions use
-    Rump's midpoint-radius product per sample (at most 1.5x wider, but one batched matmul).
+    Linear layers (L = 1) use the exact interval product (corner min/max); convolutions sum it over
+    positions (``_position_sums``).
     """
     g_lo, g_hi = f.g_lo[:, sl], f.g_hi[:, sl]
     exact_x = f.x_lo is f.x_hi
@@ -116,12 +139,7 @@ def _dense(f: Factors, sl: slice, bias: bool) -> Bounds:
             lo = torch.minimum(torch.minimum(c[0], c[1]), torch.minimum(c[2], c[3]))
             hi = torch.maximum(torch.maximum(c[0], c[1]), torch.maximum(c[2], c[3]))
     else:
-        gm, gr = mid_rad(g_lo, g_hi)
-        xm, xr = (x_lo, None) if exact_x else mid_rad(x_lo, x_hi)
-        mm = lambda u, v: u @ v.transpose(-1, -2)  # noqa: E731
-        mid = mm(gm, xm)
-        rad = mm(gr, xm.abs()) if xr is None else mm(gm.abs(), xr) + mm(gr, xm.abs() + xr)
-        lo, hi = mid - rad, mid + rad
+        lo, hi = _position_sums(g_lo, g_hi, x_lo, x_hi, exact_x)
     p, c = lo.shape[:2]
     lo, hi = torch.nan_to_num(lo.reshape(p, c, -1), nan=-math.inf), torch.nan_to_num(hi.reshape(p, c, -1), nan=math.inf)
     if bias:
@@ -393,9 +411,9 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
     """Bounds of sum_i (clipped) gradient over every poisoned batch, and the nominal sum, per layer.
 
     Returns per layer ([P, F] lower, [P, F] upper) and the nominal [F]; F = weight numel + bias.
-    Without clipping, sums are interval matmuls (Rump's form; for linear layers with a top-k the
-    sign-split products, consistent with the per-sample differences); with clipping the clipped
-    per-sample bounds are streamed and summed.
+    Points with a top-k sum the per-sample bounds whose differences it ranks (linear layers: the
+    sign-split products as matmuls; other layers and clipped ones: streamed); points without one
+    use interval matmuls (Rump's form intersected with the sign split), as do all at zero budget.
     """
     ref = layers[0].clean.g_lo
     p, b, dtype = ref.shape[0], ref.shape[1], ref.dtype
@@ -422,7 +440,10 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
     attacked = constant(tuple(k > 0 for k in adv.k), torch.bool, ref.device).view(-1, 1)
     for lg in layers:
         single = lg.clean.g_lo.shape[-1] == 1 and lg.clean.g_lo.shape[2] == 1
-        needs_rump = kappa is None and not (single and all(k > 0 for k in adv.k))
+        # matmul sums only for points without a top-k: with one, Thm 3.3 needs the sum of the very
+        # per-sample bounds whose differences it ranks (a tighter sum, e.g. Rump's product intersected
+        # with the sign split, can drop a poisoned sample's own excess of its clean bound)
+        needs_rump = kappa is None and not all(k > 0 for k in adv.k)
         rump = _sum_bounds(lg.clean, lg.bias) if needs_rump else None
         if kappa is None:
             nominal.append(_nominal_sum(lg))
@@ -440,8 +461,8 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
         sum_lo = sum_hi = sum_nom = 0.0
         for sl in chunks:
             c_lo, c_hi = clip(*_dense(lg.clean, sl, lg.bias), 0, sl)
+            sum_lo, sum_hi = sum_lo + c_lo.sum(1), sum_hi + c_hi.sum(1)
             if kappa is not None:
-                sum_lo, sum_hi = sum_lo + c_lo.sum(1), sum_hi + c_hi.sum(1)
                 nd = _dense_point(*lg.nominal, sl, lg.bias)
                 nd = nd.clamp(-kappa, kappa) if scales is None else nd * scales[2][:, sl]
                 sum_nom = sum_nom + nd.sum(1)[0]
@@ -467,8 +488,9 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
             nominal.append(sum_nom)
             lo, hi = sum_lo, sum_hi
             streamed = torch.ones_like(attacked)
-        else:
-            lo, hi = rump
+        else:  # the streamed sums where a top-k is added to them, the matmul sums elsewhere
+            lo, hi = (sum_lo, sum_hi) if rump is None else (torch.where(attacked, sum_lo, rump[0]),
+                                                             torch.where(attacked, sum_hi, rump[1]))
             streamed = attacked
         if kmax > 0:
             lo = lo + _select_sum(best_lo.values(), adv.k, False)

@@ -163,6 +163,23 @@ def test_brute_force_unbounded_replacement_with_clipping(method):
     _enumerate(graph, x, y, cfg, flips, steps, 1)
 
 
+def test_brute_force_poisoning_of_a_net_with_two_conv_layers_stays_inside():
+    """End to end through the streamed descent path: the second convolution's gradient sums over positions
+    with interval factors on both sides (test_descent.py checks that path against the boxes' extremes)."""
+    graph = build_conv("1x4x4 -> 2c2 -> relu -> 2c2 -> relu -> flatten -> 2", seed=3)
+    gen = np.random.default_rng(0)
+    x = gen.normal(size=(4, 1, 4, 4)).astype(np.float32)
+    y = np.array([0, 1, 1, 0])
+    cfg = TrainConfig(epochs=2, batch=4, lr=0.5)
+    eps = 0.1
+    _, steps = _record(graph, x, y, cfg, [BudgetPoint(m=1), BudgetPoint(n=1, eps=eps)])
+    flips = [_none] + [_label_option(r, 1 - int(y[r])) for r in range(4)]
+    signs = [np.sign(gen.normal(size=(1, 4, 4))) * eps for _ in range(3)] + [np.full((1, 4, 4), eps)]
+    feats = [_none] + [_feature_option(r, d) for r in range(4) for d in signs]
+    assert _enumerate(graph, x, y, cfg, flips, steps, 0) == 25
+    assert _enumerate(graph, x, y, cfg, feats, steps, 1) == 289
+
+
 # --------------------------------------------------------------------------------------------
 # attack campaigns on a real training run
 
