@@ -48,11 +48,13 @@ def _ranges(f: Factors, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worst(clean: Factors, poisoned: Factors, bias: bool, k: list[int], untrusted: torch.Tensor | None,
-           clip: float | None):
+           clip: float | None, unbounded: bool):
     lo, hi = _ranges(clean, bias)
     plo, phi = _ranges(poisoned, bias)
     if clip is not None:  # element-wise clipping is monotone: the clipped range is the range clipped
         lo, hi, plo, phi = (t.clamp(-clip, clip) for t in (lo, hi, plo, phi))
+        if unbounded:  # a replaced point's clipped gradient is anything in [-clip, clip] (Thm B.1)
+            plo, phi = torch.full_like(plo, -clip), torch.full_like(phi, clip)
     d_lo, d_hi = (plo - lo).clamp(max=0), (phi - hi).clamp(min=0)
     if untrusted is not None:
         keep = untrusted.view(1, -1, 1)
@@ -69,9 +71,9 @@ def _worst(clean: Factors, poisoned: Factors, bias: bool, k: list[int], untruste
 @given(seed=st.integers(0, 10**6), b=st.integers(1, 5), positions=st.integers(1, 3), groups=st.integers(1, 2),
        rows=st.integers(1, 3), cols=st.integers(1, 3), k=st.lists(st.integers(0, 5), min_size=1, max_size=3),
        exact_x=st.booleans(), moved=st.booleans(), bias=st.booleans(), masked=st.booleans(),
-       clip=st.sampled_from([None, 2.0]))
+       clip=st.sampled_from([None, 2.0]), unbounded=st.booleans())
 def test_descent_bounds_contain_every_poisoned_batch_sum(seed, b, positions, groups, rows, cols, k, exact_x, moved,
-                                                         bias, masked, clip):
+                                                         bias, masked, clip, unbounded):
     gen = torch.Generator().manual_seed(seed)
     p = len(k)
     g_clean = _box(gen, (p, b, groups, rows, positions), exact=False)
@@ -82,10 +84,11 @@ def test_descent_bounds_contain_every_poisoned_batch_sum(seed, b, positions, gro
     nominal = ((g_clean[0] + g_clean[1])[:1] / 2, (x_clean[0] + x_clean[1]) / 2)
     untrusted = torch.rand(b, generator=gen) < 0.6 if masked else None
     budget = [min(kq, b if untrusted is None else int(untrusted.sum())) for kq in k]
-    adv = Adversary(budget, [False] * p, clip, "element", untrusted, [moved] * p)
+    unbounded = unbounded and clip is not None  # the unbounded adversary needs clipping (Thm B.1)
+    adv = Adversary(budget, [unbounded] * p, clip, "element", untrusted, [moved] * p)
     lg = LayerGrads(None, clean, poisoned, nominal, bias)
     [(lo, hi)], _ = descent_sums([lg], adv)
-    ref_lo, ref_hi = _worst(clean, poisoned, bias, budget, untrusted, clip)
+    ref_lo, ref_hi = _worst(clean, poisoned, bias, budget, untrusted, clip, unbounded)
     assert torch.all(lo <= ref_lo), (lo - ref_lo).max()
     assert torch.all(hi >= ref_hi), (ref_hi - hi).max()
     # where every per-sample form is the exact range the bound is the worst case, up to rounding terms
