@@ -87,6 +87,20 @@ def _sum_bounds(f: Factors, bias: bool) -> Bounds:
     return lo, hi
 
 
+def _idle_sums(f: Factors, bias: bool, k: list[int]) -> Bounds | None:
+    """``_sum_bounds`` of the points without a top-k (k = 0), [P, F] (zero rows for the others), or None
+    if there are none: only their factors are multiplied (a sweep has one such point among many)."""
+    idle = [q for q, kq in enumerate(k) if kq == 0]
+    if len(idle) in (0, len(k)):
+        return _sum_bounds(f, bias) if idle else None
+    idx = constant(tuple(idle), torch.int64, f.g_lo.device)
+    pick = lambda t: t.index_select(0, idx) if t.shape[0] > 1 else t  # noqa: E731
+    x_lo = pick(f.x_lo)
+    lo, hi = _sum_bounds(Factors(pick(f.g_lo), pick(f.g_hi), x_lo, x_lo if f.x_lo is f.x_hi else pick(f.x_hi)), bias)
+    spread = lambda t: t.new_zeros(len(k), t.shape[1]).index_copy(0, idx, t)  # noqa: E731
+    return spread(lo), spread(hi)
+
+
 def _mag_sum(grads: LayerGrads) -> Tensor:
     """sum_i |G_i| |X_i|^T over clean and poisoned factors: scales every streamed rounding error."""
     fs = [grads.clean] + ([grads.poisoned] if grads.poisoned is not None else [])
@@ -443,8 +457,7 @@ def descent_sums(layers: list[LayerGrads], adv: Adversary) -> tuple[list[Bounds]
         # matmul sums only for points without a top-k: with one, Thm 3.3 needs the sum of the very
         # per-sample bounds whose differences it ranks (a tighter sum, e.g. Rump's product intersected
         # with the sign split, can drop a poisoned sample's own excess of its clean bound)
-        needs_rump = kappa is None and not all(k > 0 for k in adv.k)
-        rump = _sum_bounds(lg.clean, lg.bias) if needs_rump else None
+        rump = _idle_sums(lg.clean, lg.bias, adv.k) if kappa is None else None
         if kappa is None:
             nominal.append(_nominal_sum(lg))
         if kappa is None and kmax == 0:
