@@ -17,7 +17,9 @@ from torch import Tensor
 
 from pcert.compiler.graph import Layer, LayerGraph
 from pcert.runtime.bounds.interval import (Bounds, activation_grad_bounds, conv2d_input_grad_bounds,
-                                           matmul_bounds, mul_bounds, outward)
+                                           matmul_bounds, mul_bounds, outward, up)
+
+from .losses import softmax_sum_slack
 
 
 def _conv_attrs(layer: Layer):
@@ -78,6 +80,7 @@ def backward_bounds(graph: LayerGraph, slots: dict[int, tuple[int, int | None]],
     dL/d(output of layer top). Returns the gradient factors of every parametric layer.
     ``sum_zero``: the true dL/dz sums to 0 over classes (softmax cross-entropy, one-hot labels), so
     W^T g = (W - 1 w_C^T)^T g drops the last class; this keeps the two-class coupling intervals lose.
+    A float evaluation of g sums to nearly 0 (``losses.softmax_sum_slack``), whose term is added.
     """
     out: dict[int, Factors] = {}
     g_lo, g_hi = g_top
@@ -91,11 +94,17 @@ def backward_bounds(graph: LayerGraph, slots: dict[int, tuple[int, int | None]],
             wi = slots[i][0]
             w_lo, w_hi = plo[wi], phi[wi]
             if layer.op == "linear":
+                slack = None
                 if sum_zero and i == top and w_lo.shape[-2] > 1:
+                    # a float run's g sums to s, |s| <= softmax_sum_slack, not to 0: W^T g gains w_C s
+                    w_last = torch.maximum(w_lo[..., -1:, :].abs(), w_hi[..., -1:, :].abs())  # [P, 1, in]
+                    slack = up(softmax_sum_slack(*fwd[i - start]) * w_last)
                     w_lo, w_hi = w_lo[..., :-1, :] - w_hi[..., -1:, :], w_hi[..., :-1, :] - w_lo[..., -1:, :]
                     w_lo, w_hi = outward(w_lo, w_hi)
                     g_lo, g_hi = g_lo[..., :-1], g_hi[..., :-1]
                 g_lo, g_hi = matmul_bounds(g_lo, g_hi, w_lo.transpose(-1, -2), w_hi.transpose(-1, -2))
+                if slack is not None:
+                    g_lo, g_hi = outward(g_lo - slack, g_hi + slack)
             else:
                 g_lo, g_hi = conv2d_input_grad_bounds(g_lo, g_hi, w_lo, w_hi, layer.in_shape[1:], *_conv_attrs(layer))
         elif layer.op == "relu":

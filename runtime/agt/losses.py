@@ -44,8 +44,27 @@ def loss_grad(loss: str, z: Tensor, y: Tensor) -> Tensor:
     return torch.sigmoid(z) - y.reshape(z.shape).to(z.dtype)
 
 
+def softmax_rounding(lo: Tensor, hi: Tensor) -> Tensor:
+    """Relative error bound [..., 1] of any float evaluation of softmax at logits in [lo, hi], ours
+    (``softmax_bounds``) or a training run's (in the covered dtype): a few ulps per class for the sums,
+    exp and division, plus the logit differences every algorithm forms (z_j - z_i or z_j - max z),
+    whose rounding, up to u times their size, exp turns into relative error. Their size is at most
+    the spread max_j hi_j - min_j lo_j; counted 16-fold."""
+    u = unit_roundoff(lo.dtype)
+    spread = hi.amax(-1, keepdim=True) - lo.amin(-1, keepdim=True)
+    return u * (4 * lo.shape[-1] + 16 + 16 * spread)
+
+
+def softmax_sum_slack(lo: Tensor, hi: Tensor) -> Tensor:
+    """A bound [..., 1] on |sum_c g_c| for any float evaluation of g = softmax(z) - onehot at logits in
+    [lo, hi] (exactly 0 in exact arithmetic): sum_c |p^_c - p_c| <= rho sum_c p_c = rho, plus the
+    rounding of p_y - 1 and of the loss's 1/b scaling (u each, per sample)."""
+    return softmax_rounding(lo, hi) + 4 * unit_roundoff(lo.dtype)
+
+
 def softmax_bounds(lo: Tensor, hi: Tensor) -> Bounds:
-    """p_i in [1 / sum_j exp(hi_j - lo_i), 1 / sum_j exp(lo_j - hi_i)], the j = i term being exactly 1."""
+    """p_i in [1 / sum_j exp(hi_j - lo_i), 1 / sum_j exp(lo_j - hi_i)], the j = i term being exactly 1,
+    widened by ``softmax_rounding`` (our evaluation's error and any float run's)."""
     lo, hi = sanitize(lo, hi)
     c = lo.shape[-1]
     eye = torch.eye(c, dtype=torch.bool, device=lo.device)
@@ -53,7 +72,7 @@ def softmax_bounds(lo: Tensor, hi: Tensor) -> Bounds:
     m_hi = torch.where(eye, 0.0, lo.unsqueeze(-2) - hi.unsqueeze(-1))
     p_lo = torch.exp(-torch.logsumexp(m_lo, -1))
     p_hi = torch.exp(-torch.logsumexp(m_hi, -1))
-    p_lo, p_hi = widen(p_lo, p_hi, (4 * c + 16) * unit_roundoff(lo.dtype))
+    p_lo, p_hi = widen(p_lo, p_hi, softmax_rounding(lo, hi))
     p_lo = torch.nan_to_num(p_lo, nan=0.0)
     p_hi = torch.nan_to_num(p_hi, nan=1.0)
     return p_lo.clamp(0.0, 1.0), p_hi.clamp(0.0, 1.0)
