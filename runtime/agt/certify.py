@@ -128,17 +128,19 @@ def certify(graph: LayerGraph, result: AGTResult, x_test, y_test, objective: Obj
             for cls in objective.classes:
                 sel = yl == cls
                 if sel.any():
-                    m[f"certified_accuracy_class_{cls}"] = fraction(certified[q][sel])
+                    m[f"certified_accuracy_class_{cls}"] = fraction((certified[q] & correct)[sel])
     if objective.kind == "untargeted":
         if threshold is None:
             p_lo, _ = softmax_bounds(c_lo, c_hi)
             worst_ce = -torch.log(torch.gather(p_lo, -1, yl.view(1, -1, 1).expand(p, -1, 1)).squeeze(-1))
             nominal_ce = float(torch.nn.functional.cross_entropy(nom, yl))
         else:
-            s_lo, s_hi = torch.sigmoid(c_lo[..., 0]), torch.sigmoid(c_hi[..., 0])
             if threshold == 0.5:  # the output already is the probability
                 s_lo, s_hi = c_lo[..., 0].clamp(0, 1), c_hi[..., 0].clamp(0, 1)
-            worst_ce = torch.where(yl == 1, -torch.log(s_lo), -torch.log1p(-s_hi))
+                worst_ce = torch.where(yl == 1, -torch.log(s_lo), -torch.log1p(-s_hi))
+            else:  # -log sigmoid(-z) = softplus(z), in float64 to a few ulps (torch's softplus returns z above 20)
+                z = torch.where(yl == 1, -c_lo[..., 0], c_hi[..., 0]).to(torch.float64)
+                worst_ce = z.clamp(min=0) + torch.log1p(torch.exp(-z.abs()))
             logit = nom[:, 0] if threshold == 0.0 else torch.logit(nom[:, 0])
             nominal_ce = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, yl.to(dtype)))
         worst_ce = torch.nan_to_num(worst_ce, nan=math.inf) * (1 + 16 * u)

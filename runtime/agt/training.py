@@ -278,6 +278,10 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
              if method == "ibp" and start == 0 and graph.layers[0].op == "linear" else None)
     labels = [_label_model(pt) for pt in points]
     n_classes = 2 if cfg.loss == "binary_cross_entropy" else int(np.prod(graph.output_shape))
+    flips = any(lm is not None and lm.norm == "0" for lm in labels)
+    if flips and cfg.loss == "binary_cross_entropy" and not bool(((yt == 0) | (yt == 1)).all()):
+        raise DataError("data: binary cross-entropy labels must be 0 or 1 when the budget flips labels (m > 0); "
+                        "soft labels have no flipped class")
     for pt in points:
         if pt.label_classes is not None and not all(0 <= c_ < n_classes for c_ in pt.label_classes):
             raise UserError(f"budget: label_classes {list(pt.label_classes)} must lie in [0, {n_classes})")
@@ -293,7 +297,7 @@ def _train(graph, x, y, cfg, points, method, dtype, device, trusted, progress, o
         fixed = [t.to(cdt).unsqueeze(0) for t in nominal]
         clean_in = fwd_fn(prefix, fixed, fixed, xc, xc)[-1]
         if feature_poison:
-            fixed_p = [t.expand(p, *t.shape) for t in fixed]
+            fixed_p = [t.expand(p, *t.shape[1:]) for t in fixed]  # [1, ...] -> one per budget point
             pois_in = fwd_fn(prefix, fixed_p, fixed_p, *_poisoned_input(xc.unsqueeze(0), eps_per_point))[-1]
 
     sub_slots = {k - start: (v[0] - first_train, None if v[1] is None else v[1] - first_train)

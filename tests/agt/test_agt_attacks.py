@@ -47,6 +47,8 @@ def attacked_run(graph, x, y, cfg: TrainConfig, poison, dtype=torch.float64) -> 
     """Plain SGD in ``dtype`` where ``poison(t, idx, xb, yb, model)`` rewrites each batch first."""
     model = to_torch(graph, dtype=dtype)
     params = list(model.parameters())
+    frozen = sum(1 if layer.bias is None else 2 for layer in graph.parametric_layers[:cfg.frozen])
+    assert not (frozen and cfg.clip is not None), "clipped per-sample gradients of frozen nets: not modelled here"
     xt, yt = torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.long)
     bufs = [None] * len(params)
     trace = []
@@ -54,6 +56,7 @@ def attacked_run(graph, x, y, cfg: TrainConfig, poison, dtype=torch.float64) -> 
         xb, yb = poison(t, idx, xt[idx].clone(), yt[idx].clone(), model)
         if cfg.clip is None:
             grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), params)
+            grads = [torch.zeros_like(g) if i < frozen else g for i, g in enumerate(grads)]  # frozen: never moves
         else:
             per = _per_sample_grads(model, params, xb, yb)
             if cfg.clip_method == "element":
@@ -178,6 +181,24 @@ def test_brute_force_poisoning_of_a_net_with_two_conv_layers_stays_inside():
     feats = [_none] + [_feature_option(r, d) for r in range(4) for d in signs]
     assert _enumerate(graph, x, y, cfg, flips, steps, 0) == 25
     assert _enumerate(graph, x, y, cfg, feats, steps, 1) == 289
+
+
+def test_brute_force_feature_poisoning_through_a_frozen_prefix_stays_inside():
+    """Fine-tuning: the frozen first layer is evaluated once, the poisoned boxes through it per budget
+    point (a sweep over eps); every corner attack stays inside its own point's bounds."""
+    graph = build_conv("2 -> 4 -> relu -> 3 -> relu -> 2", seed=0)
+    x, y = _moons(3, 2)
+    cfg = TrainConfig(epochs=2, batch=3, lr=0.8, frozen=1)
+    points = [BudgetPoint(n=1, eps=0.02), BudgetPoint(n=1, eps=0.3)]
+    _, steps = _record(graph, x, y, cfg, points)
+    for q, eps in enumerate((0.02, 0.3)):
+        corners = [np.array(c) * eps for c in itertools.product([-1, 1], repeat=2)]
+        feats = [_none] + [_feature_option(r, c) for r in range(3) for c in corners]
+        assert _enumerate(graph, x, y, cfg, feats, steps, q) == 169
+        _, alone = _record(graph, x, y, cfg, points[q:q + 1])  # the sweep equals the point run alone
+        for (lo, hi), (lo1, hi1) in zip(steps, alone):
+            for a, b in zip(lo + hi, lo1 + hi1):
+                torch.testing.assert_close(a[q], b[0], rtol=1e-9, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------

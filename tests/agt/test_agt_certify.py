@@ -96,3 +96,37 @@ def test_binary_sigmoid_output_certificates():
             with torch.no_grad():
                 pred = (model(torch.as_tensor(xt))[:, 0] > 0.5).long()
             assert bool((pred[cert.certified[q]] == cert.prediction[cert.certified[q]]).all())
+
+
+def test_per_class_certified_accuracy_counts_only_correct_predictions_for_every_objective():
+    """A stable but wrong prediction is not certified accuracy, per class as overall (untargeted too)."""
+    graph = build_conv("2 -> 8 -> relu -> 2", seed=0)
+    x, _ = _data(40, 0, d=2)
+    res = train_with_bounds(graph, x, (x[:, 0] > 0).astype(np.int64), TrainConfig(epochs=1, batch=40, lr=1e-3),
+                            [BudgetPoint()])
+    xt, _ = _data(30, 1, d=2)
+    yt = 1 - (xt[:, 0] > 0).astype(np.int64)  # mislabelled: the nominal model is mostly wrong
+    for kind in ("targeted", "untargeted"):
+        c = certify(graph, res, xt, yt, Objective(kind=kind, metric="accuracy", classes=(0, 1)))
+        for cls in (0, 1):
+            sel = torch.as_tensor(yt) == cls
+            accuracy = float((c.prediction[sel] == cls).double().mean())  # the nominal model is admissible
+            assert c.metrics[0][f"certified_accuracy_class_{cls}"] <= accuracy + 1e-12
+
+
+@pytest.mark.parametrize("logit", [8.0, 15.0, 16.5, 30.0, -20.0])
+def test_worst_case_binary_cross_entropy_of_one_logit_covers_the_loss_where_sigmoid_rounds_to_one(logit):
+    """-log(1 - sigmoid(z)) from a float32 sigmoid near 1 loses the loss; softplus in float64 keeps it."""
+    graph = build_conv("1 -> 1", seed=0)
+    graph.layers[0].weight[...] = 1.0
+    graph.layers[0].bias[...] = 0.0
+    x, y = np.array([[0.0]], np.float32), np.array([0])
+    res = train_with_bounds(graph, x, y, TrainConfig(epochs=1, batch=1, lr=1e-6, loss="binary_cross_entropy"),
+                            [BudgetPoint()])
+    xt = np.array([[logit]], np.float32)
+    for label in (0, 1):
+        c = certify(graph, res, xt, np.array([label]), Objective(kind="untargeted", metric="cross_entropy"))
+        worst = c.metrics[0]["worst_case_cross_entropy"]
+        for z in (float(c.lower[0, 0, 0]), float(c.upper[0, 0, 0])):
+            exact = F.softplus(torch.tensor(-z if label else z, dtype=torch.float64), threshold=1000.0)
+            assert worst >= float(exact)

@@ -214,3 +214,9 @@ def test_bad_input_raises_user_errors():
     x_nan[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         train_with_bounds(graph, x_nan, y, cfg, [BudgetPoint()])
+    binary = build_conv("2 -> 4 -> relu -> 1", seed=0)
+    bce = TrainConfig(epochs=1, batch=5, lr=0.1, loss="binary_cross_entropy")
+    soft = np.linspace(0.1, 0.9, 10)
+    with pytest.raises(DataError, match="0 or 1"):  # a soft label has no flipped class
+        train_with_bounds(binary, x, soft, bce, [BudgetPoint(m=1)])
+    train_with_bounds(binary, x, soft, bce, [BudgetPoint(n=1, eps=0.1)])  # without flips soft labels are fine
