@@ -16,7 +16,8 @@ Float soundness: every interval product goes through the outward-rounded primiti
 a-priori error term (``_sum_up``); accumulated constants are rounded up one ulp per addition;
 relaxation intercepts are computed in float64 as the exact extremes of sigma(z) - a z over
 [l, u] (whatever slope a the heuristic picked) with a margin of 64 float64 ulps of the
-magnitudes involved, then rounded outward to the working dtype.
+magnitudes involved (ulps of the covered dtype inside ``interval.covering``: a float32 run's
+sigma(z) must satisfy the relaxation too), then rounded outward to the working dtype.
 """
 from __future__ import annotations
 
@@ -28,13 +29,12 @@ from torch import Tensor
 
 from pcert.compiler.graph import Layer, LayerGraph
 from pcert.runtime.bounds.ibp import layer_bounds, param_index
-from pcert.runtime.bounds.interval import activation_bounds, down, matmul_bounds, sanitize, up
+from pcert.runtime.bounds.interval import activation_bounds, down, matmul_bounds, sanitize, unit_roundoff, up
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 RESHAPES = ("flatten", "reshape")
 # elements of one coefficient tensor per chunk of samples (memory bound of full CROWN)
 CHUNK_ELEMENTS = 1 << 22
-_EPS64 = 2.0**-52
 _BISECT_STEPS = 30
 
 
@@ -60,7 +60,7 @@ def _sum_up(t: Tensor, dim: int = -1) -> Tensor:
     n = t.shape[dim]
     if n == 0:
         return t.sum(dim)
-    eps = torch.finfo(t.dtype).eps
+    eps = 2 * unit_roundoff(t.dtype)  # the covered dtype's (``interval.covering``): its runs' sums too
     return up(t.sum(dim) + t.abs().sum(dim) * (2.0 * n * eps))
 
 
@@ -138,7 +138,8 @@ def relaxation(op: str, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor,
             return v, torch.where((a == 0) | (a == 1), 0.0, v.abs() + az.abs())
         return v, fz.abs() + az.abs()
 
-    ulps = 64 * _EPS64 if op != "relu" else 2 * _EPS64
+    eps = 2 * unit_roundoff(torch.float64)  # float64's, or the covered dtype's: its runs' sigma(z) too
+    ulps = 64 * eps if op != "relu" else 2 * eps
     if op == "relu":
         up_pts = (l, u)
         lo_pts = (l, u, torch.zeros_like(l).clamp(l, u))

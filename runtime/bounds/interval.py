@@ -23,7 +23,7 @@ from pcert.runtime.constants import constant
 Bounds = tuple[Tensor, Tensor]
 
 
-_COVER = {"u": 0.0, "tiny": 0.0}
+_COVER = {"u": 0.0, "tiny": 0.0, "max": math.inf}
 
 
 @contextmanager
@@ -37,6 +37,7 @@ def covering(dtype: torch.dtype):
     old = dict(_COVER)
     _COVER["u"] = max(old["u"], torch.finfo(dtype).eps / 2)
     _COVER["tiny"] = max(old["tiny"], torch.finfo(dtype).tiny)
+    _COVER["max"] = min(old["max"], torch.finfo(dtype).max)
     try:
         yield
     finally:
@@ -71,11 +72,17 @@ def sanitize(lo: Tensor, hi: Tensor) -> Bounds:
 
 
 def outward(lo: Tensor, hi: Tensor) -> Bounds:
-    """Widen by one ulp each way (covers one rounding of each end point); NaN -> infinite side."""
-    if covers_coarser(lo.dtype):
-        r, t = 2 * _COVER["u"], _COVER["tiny"]
+    """Widen by one ulp each way (covers one rounding of each end point); NaN -> infinite side, and so
+    is an end on the wrong infinity (a lower end at +inf, an upper at -inf): an overflow along the
+    way (a product or partial sum beyond the range, inf - finite) says nothing about a finite result."""
+    inf = math.inf
+    if covers_coarser(lo.dtype):  # and a covered run beyond its dtype's range holds an infinity
+        r, t, big = 2 * _COVER["u"], _COVER["tiny"], _COVER["max"]
         lo, hi = lo - (lo.abs() * r + t), hi + (hi.abs() * r + t)
-    return sanitize(down(lo), up(hi))
+        lo, hi = torch.where(lo < -big, -inf, lo), torch.where(hi > big, inf, hi)
+    lo = torch.nan_to_num(lo, nan=-inf, posinf=-inf, neginf=-inf)
+    hi = torch.nan_to_num(hi, nan=inf, posinf=inf, neginf=inf)
+    return down(lo), up(hi)
 
 
 def down(t: Tensor) -> Tensor:
@@ -126,11 +133,12 @@ def input_box(x: Tensor, eps: Tensor | float, dtype: torch.dtype | None = None) 
 
 
 def mid_rad(lo: Tensor, hi: Tensor) -> Bounds:
-    """Midpoint and a radius rounded up so that [mid - rad, mid + rad] contains [lo, hi]."""
+    """Midpoint and a radius rounded up so that [mid - rad, mid + rad] contains [lo, hi]; a point
+    interval keeps its value as midpoint (halving an odd subnormal would round it away)."""
     mid = lo * 0.5 + hi * 0.5
     rad = torch.maximum(hi - mid, mid - lo)
-    rad = torch.where(hi == lo, torch.zeros_like(rad), up(rad))
-    return mid, rad
+    point = hi == lo
+    return torch.where(point, lo, mid), torch.where(point, torch.zeros_like(rad), up(rad))
 
 
 def _abs_terms(wm: Tensor, wr: Tensor | None, g: float) -> tuple[Tensor, Tensor]:

@@ -185,6 +185,33 @@ def test_nan_and_overflow_never_look_tight():
     assert lo.item() == -math.inf and hi.item() == math.inf
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_point_intervals_keep_odd_subnormals(dtype):
+    """Halving 2^-149 (float32) or 2^-1074 (float64) rounds to 0: a point interval's midpoint must be its
+    value, or a product with a large weight loses all of it."""
+    s = torch.tensor([[torch.finfo(dtype).tiny * torch.finfo(dtype).eps]], dtype=dtype)  # the smallest subnormal
+    w = torch.tensor([[2.0 ** 100]], dtype=dtype)
+    exact = Fraction(float(s)) * Fraction(2) ** 100
+    lo, hi = interval.linear_bounds(s, s.clone(), w, w, None, None)  # equal ends, distinct tensors
+    assert Fraction(float(lo)) <= exact <= Fraction(float(hi))
+    g = s.reshape(1, 1, 1, 1, 1)  # [P, N, oc, H, W]
+    lo, hi = interval.conv2d_input_grad_bounds(g, g, w.reshape(1, 1, 1, 1, 1), w.reshape(1, 1, 1, 1, 1), (1, 1),
+                                               (1, 1), (0, 0), (1, 1), 1)
+    assert Fraction(float(lo.flatten()[0])) <= exact <= Fraction(float(hi.flatten()[0]))
+
+
+def test_an_overflow_along_a_sum_leaves_the_bounds_infinite():
+    """2^127 + 2^127 - 2^127 is 2^127, but its midpoint product overflows on the way: the bounds must not
+    keep a finite end on the far side of it."""
+    x = torch.tensor([[2.0 ** 127, 2.0 ** 127, -(2.0 ** 127)]])
+    lo, hi = interval.linear_bounds(x, x, torch.ones(1, 3), torch.ones(1, 3), None, None)
+    assert lo.item() <= 2.0 ** 127 <= hi.item()
+    with interval.covering(torch.float32):  # float64 bounds of float32 runs: beyond float32's range is inf
+        big = torch.tensor([[2.0 ** 64]], dtype=torch.float64)
+        lo, hi = interval.mul_bounds(big, big, big, big)
+        assert lo.item() <= 2.0 ** 128 and hi.item() == math.inf
+
 ARCHS = ["3 -> 8 -> relu -> 8 -> tanh -> 2",
          "1x6x6 -> 4c3p1 -> sigmoid -> 4c3s2 -> relu -> flatten -> 5",
          "12 -> r3x2x2 -> 2c2g1 -> relu -> flatten -> 3"]

@@ -403,3 +403,25 @@ def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="unknown bound method"):
         bound_outputs(graph, [p[None] for p in params], [p[None] for p in params], torch.zeros(1, 3),
                       torch.zeros(1, 3), method="deeppoly")
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("act", ["sigmoid", "tanh"])
+def test_float64_bounds_covering_float32_contain_the_float32_forward(arch, act):
+    """cover="all": float64 bounds must also contain float32 runs, whose sigma(z) errs by float32 ulps
+    (relaxation margins and sums in the covered dtype's unit, for every method)."""
+    from pcert.compiler.torch_model import to_torch
+    from pcert.runtime.bounds.interval import covering
+    gen = torch.Generator().manual_seed(3)
+    graph, params = _init(_make(arch, act), gen)
+    x = torch.randn(64, *graph.input_shape, generator=gen) * 3
+    net = to_torch(graph)
+    with torch.no_grad():
+        for t, v in zip(net.parameters(), params):
+            t.copy_(v)
+        y32 = net(x).double()
+    p64 = [p.double()[None] for p in params]
+    for method in METHODS:
+        with covering(torch.float32):
+            lo, hi = bound_outputs(graph, p64, p64, x.double(), x.double(), method)
+        assert (lo[0] <= y32).all() and (y32 <= hi[0]).all(), method
