@@ -260,3 +260,13 @@ def test_input_box_contains_the_real_box(x, eps_text, near, dtype):
     assert Fraction(float(lo[0])) <= real_x - real_eps and Fraction(float(hi[0])) >= real_x + real_eps
     zl, zh = input_box(xt, 0.0, dtype)
     assert torch.equal(zl, xt.to(dtype)) and torch.equal(zh, xt.to(dtype))
+
+
+def test_shifted_bounds_round_a_tiny_radius_up_to_the_bounds_dtype():
+    """A float64 radius below float32's range must not round down to 0 (or a smaller subnormal)."""
+    w = torch.full((1, 1, 2), 1e30)
+    y = torch.zeros(1, 1, 1)
+    for radius in (5e-46, 1.9e-45):
+        lo, hi = shifted_linear_bounds(y, y, w, w, torch.tensor([radius], dtype=torch.float64))
+        exact = Fraction(radius) * 2 * Fraction(float(w[0, 0, 0]))
+        assert Fraction(float(lo)) <= -exact and exact <= Fraction(float(hi))
