@@ -91,8 +91,10 @@ def _idle_sums(f: Factors, bias: bool, k: list[int]) -> Bounds | None:
     """``_sum_bounds`` of the points without a top-k (k = 0), [P, F] (zero rows for the others), or None
     if there are none: only their factors are multiplied (a sweep has one such point among many)."""
     idle = [q for q, kq in enumerate(k) if kq == 0]
-    if len(idle) in (0, len(k)):
-        return _sum_bounds(f, bias) if idle else None
+    if not idle:
+        return None
+    if len(idle) == len(k):
+        return _sum_bounds(f, bias)
     idx = constant(tuple(idle), torch.int64, f.g_lo.device)
     pick = lambda t: t.index_select(0, idx) if t.shape[0] > 1 else t  # noqa: E731
     x_lo = pick(f.x_lo)

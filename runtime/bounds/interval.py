@@ -235,8 +235,7 @@ def shifted_linear_bounds(y_lo: Tensor, y_hi: Tensor, w_lo: Tensor, w_hi: Tensor
     """
     s = torch.maximum(w_lo.abs(), w_hi.abs()).sum(-1)  # [P, out]
     s = s * (1.0 + 2.0 * gamma(w_lo.shape[-1] + 2, s.dtype))  # the sum's rounding, and a run's on |d| |W|
-    r = radius.to(s.dtype)  # rounded up: a radius below the dtype's range must not shrink
-    r = torch.where(r.to(radius.dtype) < radius, up(r), r)
+    r = round_out(radius, radius, s.dtype)[1]  # rounded up: a radius below the dtype's range must not shrink
     shift = up(r.view(-1, 1, 1) * s.unsqueeze(1))
     return outward(y_lo - shift, y_hi + shift)
 
